@@ -1,0 +1,22 @@
+//! ferry's event model and batch codec: the only contract between agent and aggregator.
+//!
+//! A [`LogRecord`] is an Elastic Common Schema document (`@timestamp`, `message`,
+//! `log.*`, `container.*`, `kubernetes.*`, …); a [`StatsSample`] carries one container's
+//! cgroup figures under cAdvisor's metric names. A batch is NDJSON: one header line, then the
+//! log records, then the stats samples, optionally gzip-compressed (see [`batch`]).
+//! This crate does no I/O beyond byte buffers and knows nothing of files, sockets or stores.
+#![forbid(unsafe_code)]
+
+mod batch;
+mod id;
+mod record;
+
+pub use batch::{
+    decode_batch, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
+    DecodedBatch, EncodedBatch, RecordKeys, WIRE_VERSION,
+};
+pub use id::{event_id, source_id};
+pub use record::{
+    Container, ContainerImage, Event, Flag, Host, Kubernetes, KubernetesContainer, KubernetesPod,
+    LogFile, LogMeta, LogRecord, StatsSample, Stream,
+};
