@@ -1,0 +1,280 @@
+//! The aggregator's configuration: where it listens, who may send, how much it accepts and keeps,
+//! and which sink receives the queue.
+//!
+//! Every field has a documented default, so an empty table is a working configuration.
+//! [`AggregatorConfig::validate`] checks the values once at load; nothing here opens files or
+//! sockets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of `ferry aggregator`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Address the ingest, metrics and health endpoints listen on. Default `127.0.0.1:7480`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token agents must send (`Authorization: Bearer <token>`). Default none: no
+    /// authentication (only sensible on a loopback or otherwise private address).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Directory holding the durable queue (`queue/`) and the local store (`store/`).
+    /// Default `/var/lib/ferry/aggregator`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, as sent (compressed). Larger bodies get 413.
+    /// Default 16 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest batch accepted after decompression. Larger batches (and decompression bombs)
+    /// get 413. Default 64 MiB.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
+    /// Most bytes the durable queue may hold before new batches get 503 + `Retry-After`.
+    /// Default 1 GiB.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: u64,
+    /// Size at which the queue starts a new segment file. Default 64 MiB.
+    #[serde(default = "default_queue_segment_bytes")]
+    pub queue_segment_bytes: u64,
+    /// Value of the `Retry-After` header sent with 503 when the queue is full. Default 1.
+    #[serde(default = "default_retry_after_seconds")]
+    pub retry_after_seconds: u64,
+    /// Where queued batches go. Default `{ type = "local", retention_days = 7 }`.
+    #[serde(default)]
+    pub sink: SinkConfig,
+}
+
+/// The sink that drains the durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Per-day NDJSON files under `<data_dir>/store/`, searchable with `ferry search`.
+    Local {
+        /// Days of files to keep: a day file is deleted once its day is more than this many
+        /// days before today (UTC). Default 7.
+        #[serde(default = "default_retention_days")]
+        retention_days: u32,
+    },
+    /// Counts records and drops them (for benchmarks).
+    Discard,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Local {
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ferry/aggregator")
+}
+
+const fn default_max_body_bytes() -> usize {
+    16 << 20
+}
+
+const fn default_max_decompressed_bytes() -> usize {
+    64 << 20
+}
+
+const fn default_queue_max_bytes() -> u64 {
+    1 << 30
+}
+
+const fn default_queue_segment_bytes() -> u64 {
+    64 << 20
+}
+
+const fn default_retry_after_seconds() -> u64 {
+    1
+}
+
+const fn default_retention_days() -> u32 {
+    7
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            listen: default_listen(),
+            token: None,
+            data_dir: default_data_dir(),
+            max_body_bytes: default_max_body_bytes(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
+            queue_max_bytes: default_queue_max_bytes(),
+            queue_segment_bytes: default_queue_segment_bytes(),
+            retry_after_seconds: default_retry_after_seconds(),
+            sink: SinkConfig::default(),
+        }
+    }
+}
+
+/// A configuration value that cannot work, with the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("aggregator.{field} = {value}: {reason}")]
+pub struct ConfigError {
+    /// Dotted field name below the aggregator table, e.g. `sink.retention_days`.
+    pub field: &'static str,
+    /// The offending value as written (secrets are never shown).
+    pub value: String,
+    pub reason: String,
+}
+
+/// Queue entries carry a u32 length and an 8-byte header.
+const MAX_ENTRY_PAYLOAD: u64 = u32::MAX as u64;
+
+impl AggregatorConfig {
+    /// Checks the configuration; returns the first problem (see [`Self::problems`] for all).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem with the configuration, in field order (empty when it is valid).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut bad = |field: &'static str, value: String, reason: String| {
+            out.push(ConfigError {
+                field,
+                value,
+                reason,
+            })
+        };
+        if let Some(token) = &self.token {
+            if token.trim().is_empty() {
+                bad("token", "\"\"".into(), "an empty token would let anyone in; remove the field to disable authentication".into());
+            } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bad(
+                    "token",
+                    "(hidden)".into(),
+                    "must not contain whitespace or control characters".into(),
+                );
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bad("data_dir", "\"\"".into(), "must name a directory".into());
+        }
+        if self.max_body_bytes == 0 {
+            bad("max_body_bytes", "0".into(), "must be positive".into());
+        }
+        if self.max_decompressed_bytes == 0 {
+            bad(
+                "max_decompressed_bytes",
+                "0".into(),
+                "must be positive".into(),
+            );
+        } else if self.max_decompressed_bytes as u64 > MAX_ENTRY_PAYLOAD {
+            bad(
+                "max_decompressed_bytes",
+                self.max_decompressed_bytes.to_string(),
+                format!("must be at most {MAX_ENTRY_PAYLOAD} (queue entries are at most 4 GiB)"),
+            );
+        }
+        if self.queue_max_bytes < self.max_decompressed_bytes as u64 + 8 {
+            bad(
+                "queue_max_bytes",
+                self.queue_max_bytes.to_string(),
+                format!(
+                    "must hold at least one largest batch (max_decompressed_bytes + 8 = {})",
+                    self.max_decompressed_bytes as u64 + 8
+                ),
+            );
+        }
+        if self.queue_segment_bytes == 0 {
+            bad("queue_segment_bytes", "0".into(), "must be positive".into());
+        }
+        if self.retry_after_seconds == 0 {
+            bad(
+                "retry_after_seconds",
+                "0".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if let SinkConfig::Local { retention_days } = self.sink {
+            if retention_days == 0 {
+                bad(
+                    "sink.retention_days",
+                    "0".into(),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_gives_documented_defaults() {
+        let config: AggregatorConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config, AggregatorConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7480");
+        assert_eq!(config.max_body_bytes, 16 << 20);
+        assert_eq!(config.sink, SinkConfig::Local { retention_days: 7 });
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn sink_is_a_tagged_table() {
+        let c: AggregatorConfig = serde_json::from_str(r#"{"sink":{"type":"discard"}}"#).unwrap();
+        assert_eq!(c.sink, SinkConfig::Discard);
+        let c: AggregatorConfig =
+            serde_json::from_str(r#"{"sink":{"type":"local","retention_days":3}}"#).unwrap();
+        assert_eq!(c.sink, SinkConfig::Local { retention_days: 3 });
+        let c: AggregatorConfig = serde_json::from_str(r#"{"sink":{"type":"local"}}"#).unwrap();
+        assert_eq!(c.sink, SinkConfig::Local { retention_days: 7 });
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err =
+            serde_json::from_str::<AggregatorConfig>(r#"{"listen_addr":"0.0.0.0:1"}"#).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+        let err =
+            serde_json::from_str::<AggregatorConfig>(r#"{"sink":{"type":"local","retention":3}}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+    }
+
+    #[test]
+    fn reports_every_problem_and_hides_the_token() {
+        let config = AggregatorConfig {
+            token: Some("se cret".into()),
+            queue_max_bytes: 10,
+            retry_after_seconds: 0,
+            sink: SinkConfig::Local { retention_days: 0 },
+            ..Default::default()
+        };
+        let problems = config.problems();
+        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "token",
+                "queue_max_bytes",
+                "retry_after_seconds",
+                "sink.retention_days"
+            ]
+        );
+        assert!(!problems[0].to_string().contains("cret"), "{}", problems[0]);
+        assert_eq!(config.validate().unwrap_err(), problems[0]);
+        assert!(problems[1]
+            .to_string()
+            .contains("aggregator.queue_max_bytes = 10"));
+    }
+}

@@ -1,0 +1,352 @@
+//! The aggregator's own metrics: plain atomics bumped on the hot path and rendered on demand in
+//! the Prometheus text exposition format (version 0.0.4) for `GET /metrics`.
+//!
+//! Counters end in `_total`, durations are `_seconds` histograms, sizes are `_bytes`, and error
+//! counters carry an `error_type` label whose values are fixed enums, so cardinality is bounded.
+//! This module only counts and renders; it never decides anything.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the duration histogram buckets.
+const BUCKETS_SECONDS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// The HTTP status codes `ferry_ingest_requests_total` distinguishes (anything else is `other`).
+const CODES: [u16; 9] = [200, 400, 401, 404, 405, 413, 415, 500, 503];
+
+/// Why an ingest request was refused (`ferry_ingest_errors_total{error_type}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IngestError {
+    Unauthorized,
+    TooLarge,
+    BadBatch,
+    BadEncoding,
+    QueueFull,
+    Io,
+}
+
+impl IngestError {
+    const ALL: [IngestError; 6] = [
+        IngestError::Unauthorized,
+        IngestError::TooLarge,
+        IngestError::BadBatch,
+        IngestError::BadEncoding,
+        IngestError::QueueFull,
+        IngestError::Io,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            IngestError::Unauthorized => "unauthorized",
+            IngestError::TooLarge => "too_large",
+            IngestError::BadBatch => "bad_batch",
+            IngestError::BadEncoding => "bad_encoding",
+            IngestError::QueueFull => "queue_full",
+            IngestError::Io => "io",
+        }
+    }
+}
+
+/// Why the sink could not apply a queue entry (`ferry_sink_errors_total{error_type}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SinkError {
+    /// Writing the store failed; the entry is retried.
+    Io,
+    /// A queue entry failed its checksum; the rest of its segment was skipped.
+    Corrupt,
+    /// A queue entry did not decode as a batch; it was skipped.
+    Decode,
+}
+
+impl SinkError {
+    const ALL: [SinkError; 3] = [SinkError::Io, SinkError::Corrupt, SinkError::Decode];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SinkError::Io => "io",
+            SinkError::Corrupt => "corrupt",
+            SinkError::Decode => "decode",
+        }
+    }
+}
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; BUCKETS_SECONDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS_SECONDS.iter().position(|&le| seconds <= le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS_SECONDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        // Read the count last so that `+Inf` is never below a finite bucket.
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric the aggregator exports.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    requests: [AtomicU64; CODES.len()],
+    requests_other: AtomicU64,
+    pub(crate) ingest_records: AtomicU64,
+    pub(crate) ingest_stats_samples: AtomicU64,
+    pub(crate) ingest_bytes: AtomicU64,
+    ingest_errors: [AtomicU64; IngestError::ALL.len()],
+    pub(crate) ingest_duration: Histogram,
+    pub(crate) queue_bytes: AtomicU64,
+    pub(crate) queue_records: AtomicU64,
+    pub(crate) sink_records: AtomicU64,
+    pub(crate) sink_duplicates: AtomicU64,
+    pub(crate) sink_duration: Histogram,
+    sink_errors: [AtomicU64; SinkError::ALL.len()],
+}
+
+impl Metrics {
+    pub(crate) fn request(&self, code: u16) {
+        match CODES.iter().position(|&c| c == code) {
+            Some(i) => self.requests[i].fetch_add(1, Ordering::Relaxed),
+            None => self.requests_other.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    pub(crate) fn ingest_error(&self, kind: IngestError) {
+        let i = IngestError::ALL
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or(0);
+        self.ingest_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sink_error(&self, kind: SinkError) {
+        let i = SinkError::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+        self.sink_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// All ingest and sink errors so far.
+    pub(crate) fn errors(&self) -> u64 {
+        self.ingest_errors
+            .iter()
+            .chain(&self.sink_errors)
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Renders every metric in the Prometheus text format, version 0.0.4.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        header(
+            &mut out,
+            "ferry_ingest_requests_total",
+            "Batch requests answered, by HTTP status code.",
+            "counter",
+        );
+        for (code, n) in CODES.iter().zip(&self.requests) {
+            let _ = writeln!(
+                out,
+                "ferry_ingest_requests_total{{code=\"{code}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ferry_ingest_requests_total{{code=\"other\"}} {}",
+            self.requests_other.load(Ordering::Relaxed)
+        );
+        counter(
+            &mut out,
+            "ferry_ingest_records_total",
+            "Log records accepted into the queue.",
+            &self.ingest_records,
+        );
+        counter(
+            &mut out,
+            "ferry_ingest_stats_samples_total",
+            "Container stats samples accepted into the queue.",
+            &self.ingest_stats_samples,
+        );
+        counter(
+            &mut out,
+            "ferry_ingest_bytes_total",
+            "Decompressed batch bytes accepted into the queue.",
+            &self.ingest_bytes,
+        );
+        header(
+            &mut out,
+            "ferry_ingest_errors_total",
+            "Batch requests refused, by reason.",
+            "counter",
+        );
+        for (kind, n) in IngestError::ALL.iter().zip(&self.ingest_errors) {
+            let _ = writeln!(
+                out,
+                "ferry_ingest_errors_total{{error_type=\"{}\"}} {}",
+                kind.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        self.ingest_duration.render(
+            &mut out,
+            "ferry_ingest_duration_seconds",
+            "Time to read, decode and durably queue one batch request.",
+        );
+        gauge(
+            &mut out,
+            "ferry_queue_bytes",
+            "Bytes in the durable queue not yet committed by the sink.",
+            &self.queue_bytes,
+        );
+        gauge(
+            &mut out,
+            "ferry_queue_records",
+            "Log records in the durable queue not yet committed by the sink.",
+            &self.queue_records,
+        );
+        counter(
+            &mut out,
+            "ferry_sink_records_total",
+            "Log records written by the sink.",
+            &self.sink_records,
+        );
+        counter(
+            &mut out,
+            "ferry_sink_duplicates_total",
+            "Log records the sink recognised as already stored and skipped.",
+            &self.sink_duplicates,
+        );
+        self.sink_duration.render(
+            &mut out,
+            "ferry_sink_duration_seconds",
+            "Time to apply and commit one queue entry in the sink.",
+        );
+        header(
+            &mut out,
+            "ferry_sink_errors_total",
+            "Sink failures, by reason.",
+            "counter",
+        );
+        for (kind, n) in SinkError::ALL.iter().zip(&self.sink_errors) {
+            let _ = writeln!(
+                out,
+                "ferry_sink_errors_total{{error_type=\"{}\"}} {}",
+                kind.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_labels_and_histograms() {
+        let m = Metrics::default();
+        m.request(200);
+        m.request(200);
+        m.request(418);
+        m.ingest_error(IngestError::QueueFull);
+        m.sink_error(SinkError::Io);
+        m.ingest_records.fetch_add(7, Ordering::Relaxed);
+        m.sink_duration.observe(Duration::from_millis(3));
+        m.sink_duration.observe(Duration::from_secs(60));
+        let text = m.render();
+        assert!(
+            text.contains("ferry_ingest_requests_total{code=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("ferry_ingest_requests_total{code=\"other\"} 1\n"));
+        assert!(text.contains("ferry_ingest_errors_total{error_type=\"queue_full\"} 1\n"));
+        assert!(text.contains("ferry_sink_errors_total{error_type=\"io\"} 1\n"));
+        assert!(text.contains("ferry_ingest_records_total 7\n"));
+        assert!(text.contains("ferry_sink_duration_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("ferry_sink_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("ferry_sink_duration_seconds_bucket{le=\"5\"} 1\n"));
+        assert!(text.contains("ferry_sink_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("ferry_sink_duration_seconds_count 2\n"));
+        assert!(text.contains("# TYPE ferry_sink_duration_seconds histogram\n"));
+        assert_eq!(m.errors(), 2);
+        // Every sample line belongs to a family announced by a TYPE line just before it.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} outside {family}");
+            }
+        }
+    }
+
+    /// Runs `promtool check metrics` over the rendering when promtool is installed.
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let m = Metrics::default();
+        m.request(200);
+        m.ingest_duration.observe(Duration::from_millis(20));
+        let Ok(mut child) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not installed; skipping");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(m.render().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        // promtool exits 0 on success; lint warnings (exit 3) are not parse errors but we keep none.
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
