@@ -1,1 +1,202 @@
-//! placeholder
+//! ferry's per-node agent: finds container log files, tails them, decodes their lines into
+//! [`ferry_wire::LogRecord`]s, batches them and forwards the batches to the aggregator, moving the
+//! on-disk checkpoint only after the aggregator acknowledged a batch.
+//!
+//! Reading and decoding run on one plain thread (the tailer); sending runs as one async task (the
+//! forwarder) on the caller's tokio runtime; a small HTTP server serves `/metrics` and `/health`.
+//! Delivery is at-least-once with deterministic ids: every record's `event.id` is a hash of its
+//! source fingerprint and byte offset, and records of one fingerprint leave in strictly increasing
+//! offset order, one batch in flight at a time, so the aggregator can drop replays by id or by a
+//! per-source high-water mark. What this crate does not do (yet): Docker API discovery, cgroup
+//! stats, and rule-based parsing, which plugs in at `enrich::enrich_and_parse`.
+#![forbid(unsafe_code)]
+
+mod checkpoint;
+mod config;
+mod decode;
+mod enrich;
+mod fingerprint;
+mod forward;
+mod metrics;
+mod tailer;
+mod watcher;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use checkpoint::CheckpointError;
+pub use config::{
+    AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, ReadFrom,
+};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the tailer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A snapshot of what the agent has done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Files currently open.
+    pub files_tailed: u64,
+    pub lines_read: u64,
+    pub bytes_read: u64,
+    /// Records the aggregator acknowledged.
+    pub records_acked: u64,
+    pub batches_acked: u64,
+    /// Errors of any kind (failed sends, reads, checkpoint writes).
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    metrics: Arc<metrics::Metrics>,
+    metrics_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: SyncSender<()>,
+    shutdown: watch::Sender<bool>,
+    tailer: Option<std::thread::JoinHandle<()>>,
+    forwarder: JoinHandle<()>,
+    server: JoinHandle<()>,
+}
+
+/// Starts the agent: loads the checkpoint, binds the metrics server, starts the tailer thread and
+/// the forwarder task. Call inside a multi-thread tokio runtime.
+pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let loaded = checkpoint::Checkpointer::load(&config.data_dir)?;
+    if !loaded.existed {
+        // From now on a restart is not the first start, whatever happens before the first ack.
+        loaded.checkpointer.write()?;
+    }
+    let listener = metrics::bind(config.metrics_listen)
+        .await
+        .map_err(|source| StartError::MetricsListen {
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let metrics_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::MetricsListen {
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(1);
+
+    let tailer = tailer::Tailer::new(
+        tailer::Settings::from_config(&config),
+        loaded.checkpointer.sources(),
+        !loaded.existed,
+        metrics.clone(),
+        tx,
+        stop.clone(),
+    );
+    let waker = tailer.waker();
+    let tailer = std::thread::Builder::new()
+        .name("ferry-tailer".into())
+        .spawn(move || tailer.run())
+        .map_err(StartError::Thread)?;
+    let forwarder = forward::Forwarder::new(
+        &config,
+        loaded.checkpointer,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    );
+    let forwarder = tokio::spawn(forwarder.run(rx));
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown_rx));
+    info!(aggregator = %config.aggregator_url, metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
+    Ok(AgentHandle {
+        metrics,
+        metrics_addr,
+        stop,
+        waker,
+        shutdown,
+        tailer: Some(tailer),
+        forwarder,
+        server,
+    })
+}
+
+impl AgentHandle {
+    /// What the agent has done so far (a few atomic loads).
+    pub fn status(&self) -> AgentStatus {
+        let m = &self.metrics;
+        AgentStatus {
+            files_tailed: m.files_tailed.load(Relaxed),
+            lines_read: m.lines_read.load(Relaxed),
+            bytes_read: m.bytes_read.load(Relaxed),
+            records_acked: m.records_sent.load(Relaxed),
+            batches_acked: m.batches_sent.load(Relaxed),
+            errors: m.errors.load(Relaxed),
+            last_error: m.last_error(),
+        }
+    }
+
+    /// Where `/metrics` and `/health` are served (the bound address when port 0 was asked for).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Stops reading, tries for at most `shutdown_timeout_ms` to deliver what was read, writes the
+    /// checkpoint and returns. Records not acknowledged by then are read again after a restart.
+    pub async fn shutdown(mut self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.waker.try_send(());
+        let _ = self.shutdown.send(true);
+        if let Err(e) = (&mut self.forwarder).await {
+            warn!(error = %e, "Forwarder task failed");
+        }
+        if let Some(tailer) = self.tailer.take() {
+            let joined = tokio::task::spawn_blocking(move || tailer.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                warn!("Tailer thread panicked");
+            }
+        }
+        let _ = (&mut self.server).await;
+        info!("Agent stopped");
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop the thread and tasks without waiting.
+        self.stop.store(true, Relaxed);
+        let _ = self.waker.try_send(());
+        let _ = self.shutdown.send(true);
+        self.server.abort();
+    }
+}

@@ -112,7 +112,9 @@ mod tests {
 
     #[test]
     fn merges_a_json_object_line() {
-        let mut r = record(r#"{"level":"WARNING","msg":"disk almost full","ts":"2026-11-27T10:00:00.5+01:00","disk":"/dev/sda","pct":93,"host":"db-1"}"#);
+        let mut r = record(
+            r#"{"level":"WARNING","msg":"disk almost full","ts":"2026-11-27T10:00:00.5+01:00","disk":"/dev/sda","pct":93,"host":"db-1"}"#,
+        );
         assert!(parse_json_message(&mut r));
         assert_eq!(r.message, "disk almost full");
         assert_eq!(r.log.level.as_deref(), Some("warn"));
@@ -153,7 +155,13 @@ mod tests {
 
     #[test]
     fn levels_normalise() {
-        for (i, o) in [("W", "warn"), ("Warn", "warn"), ("ERR", "error"), ("critical", "fatal"), ("Verbose", "verbose")] {
+        for (i, o) in [
+            ("W", "warn"),
+            ("Warn", "warn"),
+            ("ERR", "error"),
+            ("critical", "fatal"),
+            ("Verbose", "verbose"),
+        ] {
             assert_eq!(normalise_level(i), o);
         }
     }
@@ -164,7 +172,9 @@ mod tests {
         let alphabet = b"{}[]\":,0123456789.eE+-truefalsnl \\u";
         for _ in 0..5000 {
             let len = rng.usize(0..64);
-            let bytes: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
             let mut r = record(&String::from_utf8_lossy(&bytes));
             parse_json_message(&mut r);
         }

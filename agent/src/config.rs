@@ -1,0 +1,394 @@
+//! The agent's configuration: what to tail, how to read it, where to send it.
+//!
+//! Every field has a default (see the `default_*` functions), so an empty TOML table is a valid
+//! agent configuration. [`AgentConfig::validate`] checks the whole configuration once, at start,
+//! and reports every problem it finds with the field it belongs to; nothing here touches files
+//! or the network.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of the per-node agent (`[agent]` in ferry's config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `host.name` put on every record. Default: the kernel's host name
+    /// (`/proc/sys/kernel/hostname`, then `/etc/hostname`, then `localhost`).
+    pub host_name: String,
+    /// Directory for the checkpoint file (`checkpoints.json`) and dead-lettered batches
+    /// (`dead-letter/`). Created at start if missing. Default `/var/lib/ferry/agent`.
+    pub data_dir: PathBuf,
+    /// Base URL of the aggregator; batches are posted to `{aggregator_url}/v1/batches`.
+    /// Only `http://` is supported. Default `http://127.0.0.1:7480`.
+    pub aggregator_url: String,
+    /// Bearer token sent as `Authorization: Bearer <token>`. Default: none.
+    pub token: Option<String>,
+    /// Glob patterns of the log files to tail. Default: Docker's json-file logs and the
+    /// kubelet's pod logs (`/var/lib/docker/containers/*/*-json.log`, `/var/log/pods/*/*/*.log`).
+    pub include: Vec<String>,
+    /// Glob patterns of files never to tail, even when `include` matches them. Default: none.
+    pub exclude: Vec<String>,
+    /// How lines are decoded. `auto` (default) picks per file: `*-json.log` is Docker
+    /// json-file, a file under `pods/<ns>_<pod>_<uid>/<container>/` is CRI, anything else plain.
+    pub format: FormatConfig,
+    /// Where to start in files that have no checkpoint at the agent's very first start (no
+    /// checkpoint file in `data_dir`). Files that appear later are always read from the
+    /// beginning. Default `beginning`.
+    pub read_from: ReadFrom,
+    /// Longest line (or joined partial message) kept, in bytes; longer ones are cut to this size
+    /// and flagged `truncated`. Default 262144 (256 KiB).
+    pub max_line_bytes: usize,
+    /// Size of one read from a file, in bytes. Default 262144 (256 KiB).
+    pub read_buffer_bytes: usize,
+    /// How often every tailed file is checked for new data, truncation and deletion even when
+    /// no file-system notification arrived (the polling fallback), in milliseconds. Default 250.
+    pub poll_interval_ms: u64,
+    /// How often the `include` globs are expanded to find new files, in milliseconds (a
+    /// file-system notification also triggers a scan). Default 1000.
+    pub glob_interval_ms: u64,
+    /// How long a file that was rotated away (renamed out of the `include` globs) or deleted stays
+    /// open once it is read to its end (a writer may still be finishing its last lines), in
+    /// milliseconds. Default 5000.
+    pub rotate_wait_ms: u64,
+    /// A batch is sealed once its uncompressed size reaches this many bytes. Default 1048576.
+    pub batch_max_bytes: usize,
+    /// A batch is sealed once it holds this many records. Default 10000.
+    pub batch_max_records: usize,
+    /// A batch is sealed this many milliseconds after its first record at the latest. Default 1000.
+    pub batch_max_age_ms: u64,
+    /// Compression of batch bodies: `gzip` (default) or `none` (for a same-host aggregator).
+    pub compression: CompressionConfig,
+    /// gzip level, 0 (store) to 9 (smallest). Default 1 (fastest).
+    pub compression_level: u32,
+    /// First retry delay after a failed send, in milliseconds. Default 100.
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay (also caps a server's `Retry-After`), in milliseconds. Default 30000.
+    pub backoff_max_ms: u64,
+    /// Time limit of one request to the aggregator (connect, send, response), in milliseconds.
+    /// Default 30000.
+    pub request_timeout_ms: u64,
+    /// How long [`crate::AgentHandle::shutdown`] keeps trying to deliver the batches already read,
+    /// in milliseconds; what is not delivered by then is read again after the next start.
+    /// Default 5000.
+    pub shutdown_timeout_ms: u64,
+    /// Address of the agent's own HTTP server (`GET /metrics`, `GET /health`); port 0 picks a
+    /// free port. Default `127.0.0.1:7481`.
+    pub metrics_listen: SocketAddr,
+    /// Docker container labels copied to `container.labels.*` (exact label keys). Labels are
+    /// opt-in to keep label cardinality bounded. Default: none.
+    pub container_labels_allowlist: Vec<String>,
+}
+
+/// How a file's lines are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatConfig {
+    /// Chosen per file from its path.
+    Auto,
+    /// Docker json-file: `{"log":"…","stream":"stdout","time":"…"}`.
+    Docker,
+    /// CRI (containerd, CRI-O): `<time> <stream> <P|F> <message>`.
+    Cri,
+    /// One record per line.
+    Plain,
+}
+
+/// Where to start reading files without a checkpoint at the agent's first start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From byte 0.
+    Beginning,
+    /// From the end of the last complete line.
+    End,
+}
+
+/// Batch body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionConfig {
+    Gzip,
+    None,
+}
+
+/// Default for [`AgentConfig::host_name`].
+pub fn default_host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+/// Default for [`AgentConfig::data_dir`].
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ferry/agent")
+}
+/// Default for [`AgentConfig::aggregator_url`].
+pub fn default_aggregator_url() -> String {
+    "http://127.0.0.1:7480".to_string()
+}
+/// Default for [`AgentConfig::include`].
+pub fn default_include() -> Vec<String> {
+    vec![
+        "/var/lib/docker/containers/*/*-json.log".to_string(),
+        "/var/log/pods/*/*/*.log".to_string(),
+    ]
+}
+/// Default for [`AgentConfig::max_line_bytes`].
+pub const fn default_max_line_bytes() -> usize {
+    256 * 1024
+}
+/// Default for [`AgentConfig::read_buffer_bytes`].
+pub const fn default_read_buffer_bytes() -> usize {
+    256 * 1024
+}
+/// Default for [`AgentConfig::poll_interval_ms`].
+pub const fn default_poll_interval_ms() -> u64 {
+    250
+}
+/// Default for [`AgentConfig::glob_interval_ms`].
+pub const fn default_glob_interval_ms() -> u64 {
+    1000
+}
+/// Default for [`AgentConfig::rotate_wait_ms`].
+pub const fn default_rotate_wait_ms() -> u64 {
+    5000
+}
+/// Default for [`AgentConfig::batch_max_bytes`].
+pub const fn default_batch_max_bytes() -> usize {
+    1024 * 1024
+}
+/// Default for [`AgentConfig::batch_max_records`].
+pub const fn default_batch_max_records() -> usize {
+    10_000
+}
+/// Default for [`AgentConfig::batch_max_age_ms`].
+pub const fn default_batch_max_age_ms() -> u64 {
+    1000
+}
+/// Default for [`AgentConfig::compression_level`].
+pub const fn default_compression_level() -> u32 {
+    1
+}
+/// Default for [`AgentConfig::backoff_initial_ms`].
+pub const fn default_backoff_initial_ms() -> u64 {
+    100
+}
+/// Default for [`AgentConfig::backoff_max_ms`].
+pub const fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+/// Default for [`AgentConfig::request_timeout_ms`].
+pub const fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+/// Default for [`AgentConfig::shutdown_timeout_ms`].
+pub const fn default_shutdown_timeout_ms() -> u64 {
+    5000
+}
+/// Default for [`AgentConfig::metrics_listen`].
+pub fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7481))
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            host_name: default_host_name(),
+            data_dir: default_data_dir(),
+            aggregator_url: default_aggregator_url(),
+            token: None,
+            include: default_include(),
+            exclude: Vec::new(),
+            format: FormatConfig::Auto,
+            read_from: ReadFrom::Beginning,
+            max_line_bytes: default_max_line_bytes(),
+            read_buffer_bytes: default_read_buffer_bytes(),
+            poll_interval_ms: default_poll_interval_ms(),
+            glob_interval_ms: default_glob_interval_ms(),
+            rotate_wait_ms: default_rotate_wait_ms(),
+            batch_max_bytes: default_batch_max_bytes(),
+            batch_max_records: default_batch_max_records(),
+            batch_max_age_ms: default_batch_max_age_ms(),
+            compression: CompressionConfig::Gzip,
+            compression_level: default_compression_level(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            metrics_listen: default_metrics_listen(),
+            container_labels_allowlist: Vec::new(),
+        }
+    }
+}
+
+/// One thing wrong with a configuration, and the field it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field, e.g. `include[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem [`AgentConfig::validate`] found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid agent configuration: {}", .problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl AgentConfig {
+    /// Checks the whole configuration and reports every problem, each with its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad =
+            |field: String, message: String| problems.push(ConfigProblem { field, message });
+        if self.host_name.trim().is_empty() {
+            bad("host_name".into(), "must not be empty".into());
+        }
+        if let Err(message) = parse_http_url(&self.aggregator_url) {
+            bad(
+                "aggregator_url".into(),
+                format!("{:?}: {message}", self.aggregator_url),
+            );
+        }
+        if let Some(token) = &self.token {
+            if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+                bad(
+                    "token".into(),
+                    "must be non-empty and contain no spaces or control characters".into(),
+                );
+            }
+        }
+        if self.include.is_empty() {
+            bad(
+                "include".into(),
+                "at least one glob pattern is needed".into(),
+            );
+        }
+        for (name, list) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for (i, pattern) in list.iter().enumerate() {
+                if let Err(e) = glob::Pattern::new(pattern) {
+                    bad(
+                        format!("{name}[{i}]"),
+                        format!("{pattern:?} is not a valid glob: {e}"),
+                    );
+                }
+            }
+        }
+        for (field, value) in [
+            ("max_line_bytes", self.max_line_bytes),
+            ("read_buffer_bytes", self.read_buffer_bytes),
+            ("batch_max_bytes", self.batch_max_bytes),
+            ("batch_max_records", self.batch_max_records),
+        ] {
+            if value == 0 {
+                bad(field.into(), "must be greater than 0".into());
+            }
+        }
+        for (field, value) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("glob_interval_ms", self.glob_interval_ms),
+            ("batch_max_age_ms", self.batch_max_age_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if value == 0 {
+                bad(field.into(), "must be greater than 0".into());
+            }
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            bad(
+                "backoff_initial_ms".into(),
+                format!(
+                    "{} is larger than backoff_max_ms ({})",
+                    self.backoff_initial_ms, self.backoff_max_ms
+                ),
+            );
+        }
+        if self.compression_level > 9 {
+            bad(
+                "compression_level".into(),
+                format!("{} is not in 0..=9", self.compression_level),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    pub(crate) fn wire_compression(&self) -> ferry_wire::Compression {
+        match self.compression {
+            CompressionConfig::None => ferry_wire::Compression::None,
+            CompressionConfig::Gzip => ferry_wire::Compression::Gzip {
+                level: self.compression_level,
+            },
+        }
+    }
+
+    /// `{aggregator_url}/v1/batches`.
+    pub(crate) fn batches_url(&self) -> String {
+        format!("{}/v1/batches", self.aggregator_url.trim_end_matches('/'))
+    }
+}
+
+/// Accepts `http://host[:port][/path]`; the HTTP client has no TLS.
+fn parse_http_url(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(format!("scheme {other:?} is not supported (use http://)")),
+        None => return Err("missing scheme (use http://host:port)".into()),
+    }
+    if uri.host().is_none() {
+        return Err("missing host".into());
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_is_the_default_config() {
+        let cfg: AgentConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, AgentConfig::default());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let err = toml::from_str::<AgentConfig>("max_line_byte = 3").unwrap_err();
+        assert!(err.to_string().contains("max_line_byte"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_field() {
+        let cfg = AgentConfig {
+            aggregator_url: "https://x".into(),
+            include: vec!["/ok/*.log".into(), "/bad/[".into()],
+            max_line_bytes: 0,
+            compression_level: 12,
+            ..AgentConfig::default()
+        };
+        let err = cfg.validate().unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "aggregator_url",
+                "include[1]",
+                "max_line_bytes",
+                "compression_level"
+            ]
+        );
+        assert!(err.to_string().contains("/bad/["), "{err}");
+    }
+}

@@ -1,0 +1,463 @@
+//! The forwarder: sends sealed batches to the aggregator, one at a time and in order, and moves
+//! the checkpoint only after the aggregator acknowledged them.
+//!
+//! Retries never lose data: 5xx, connection errors and timeouts back off exponentially with full
+//! jitter, forever; 503/429 wait for `Retry-After` (capped by `backoff_max_ms`); 401/403 are logged
+//! as a token problem and retried. Only a batch the aggregator refuses as bad (400) leaves without
+//! being stored there: it goes to `<data_dir>/dead-letter/` with the reason. A 413 splits the
+//! batch in two (re-encoded from its own records) until single records, which are dead-lettered.
+//! One batch in flight keeps each fingerprint's records in offset order at the aggregator, which
+//! relies on that for its per-source high-water mark.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_wire::{BatchBuilder, Compression, EncodedBatch, LogRecord};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::checkpoint::{write_file, Checkpointer};
+use crate::config::AgentConfig;
+use crate::metrics::{Metrics, SendError};
+use crate::tailer::Sealed;
+
+/// At most one checkpoint write per this interval (the file never runs ahead of acked data).
+const CHECKPOINT_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest reason text kept from an error response.
+const MAX_REASON_BYTES: usize = 4096;
+
+/// What became of one batch.
+enum Outcome {
+    Acked,
+    /// 413 Payload Too Large.
+    TooLarge,
+    /// 400: the aggregator will never take it.
+    Rejected(String),
+    /// Shutdown deadline passed before an answer.
+    Abandoned,
+}
+
+/// One answer from the aggregator.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+/// The HTTP side: one request, one answer.
+struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: Uri,
+    auth: Option<HeaderValue>,
+    request_timeout: Duration,
+}
+
+/// The shutdown deadline: unset until shutdown is asked for, then `shutdown_timeout_ms` later.
+struct Deadline {
+    shutdown: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// Resolves once the shutdown deadline has passed (never before shutdown was asked for).
+    async fn passed(&mut self) {
+        loop {
+            if let Some(at) = self.at {
+                return tokio::time::sleep_until(at).await;
+            }
+            if *self.shutdown.borrow_and_update() {
+                self.at = Some(Instant::now() + self.shutdown_timeout);
+                continue;
+            }
+            if self.shutdown.changed().await.is_err() {
+                // The handle is gone without asking for shutdown: keep going until the tailer stops.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Sender {
+    async fn send_once(
+        &self,
+        body: Bytes,
+        compression: Compression,
+    ) -> Result<Answer, (SendError, String)> {
+        let mut req = Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .header(CONTENT_ENCODING, compression.content_encoding())
+            .body(Full::new(body))
+            .map_err(|e| (SendError::Transport, format!("cannot build request: {e}")))?;
+        if let Some(auth) = &self.auth {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                let kind = if e.is_connect() {
+                    SendError::Connect
+                } else {
+                    SendError::Transport
+                };
+                (kind, error_chain(&e))
+            })?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| (SendError::Transport, format!("reading the response: {e}")))?
+                .to_bytes();
+            let cut = crate::decode::utf8_cut(&body, MAX_REASON_BYTES);
+            Ok(Answer {
+                status,
+                retry_after,
+                body: String::from_utf8_lossy(&body[..cut]).trim().to_string(),
+            })
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                SendError::Timeout,
+                format!("no answer within {} ms", self.request_timeout.as_millis()),
+            )),
+        }
+    }
+}
+
+/// What woke the forwarder's main loop.
+enum Wake {
+    Item(Sealed),
+    Closed,
+    WriteCheckpoint,
+    Deadline,
+}
+
+pub(crate) struct Forwarder {
+    sender: Sender,
+    deadline: Deadline,
+    host: String,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    checkpointer: Checkpointer,
+    dirty: bool,
+    last_write: Instant,
+    dead_letter_dir: PathBuf,
+    dead_letter_seq: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Forwarder {
+    pub fn new(
+        config: &AgentConfig,
+        checkpointer: Checkpointer,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.request_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Forwarder {
+            sender: Sender {
+                client,
+                // validate() checked the URL.
+                url: config.batches_url().parse().unwrap_or_default(),
+                auth: config
+                    .token
+                    .as_ref()
+                    .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    }),
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+            },
+            deadline: Deadline {
+                shutdown,
+                shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+                at: None,
+            },
+            host: config.host_name.clone(),
+            backoff_initial: Duration::from_millis(config.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.backoff_max_ms),
+            checkpointer,
+            dirty: false,
+            last_write: Instant::now(),
+            dead_letter_dir: config.data_dir.join("dead-letter"),
+            dead_letter_seq: 0,
+            metrics,
+        }
+    }
+
+    /// Delivers sealed batches until the tailer hangs up (or the shutdown deadline passes), then
+    /// writes the checkpoint one last time.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Sealed>) {
+        loop {
+            let write_at = self.last_write + CHECKPOINT_WRITE_INTERVAL;
+            let wake = tokio::select! {
+                item = rx.recv() => item.map_or(Wake::Closed, Wake::Item),
+                _ = tokio::time::sleep_until(write_at), if self.dirty => Wake::WriteCheckpoint,
+                _ = self.deadline.passed() => Wake::Deadline,
+            };
+            let item = match wake {
+                Wake::Item(item) => item,
+                Wake::WriteCheckpoint => {
+                    self.write_checkpoint().await;
+                    continue;
+                }
+                Wake::Closed | Wake::Deadline => break,
+            };
+            if let Some(batch) = item.batch {
+                if !self.deliver(batch).await {
+                    warn!("Shutdown deadline passed before the batch was acknowledged; it is read again after restart");
+                    break;
+                }
+            }
+            self.checkpointer.apply(item.updates);
+            self.dirty = true;
+            if self.last_write.elapsed() >= CHECKPOINT_WRITE_INTERVAL {
+                self.write_checkpoint().await;
+            }
+        }
+        if self.dirty {
+            self.write_checkpoint().await;
+        }
+        debug!("Forwarder stopped");
+    }
+
+    async fn write_checkpoint(&mut self) {
+        let bytes = self.checkpointer.encode();
+        let (path, tmp, dir) = self.checkpointer.paths();
+        let result =
+            tokio::task::spawn_blocking(move || write_file(&path, &tmp, &dir, &bytes)).await;
+        self.last_write = Instant::now();
+        match result {
+            Ok(Ok(())) => self.dirty = false,
+            Ok(Err(e)) => {
+                warn!(error = %e, "Checkpoint write failed");
+                self.metrics.error(e.to_string());
+            }
+            Err(e) => warn!(error = %e, "Checkpoint writer task failed"),
+        }
+    }
+
+    /// Delivers one sealed batch (splitting on 413). `false` if the shutdown deadline passed first.
+    async fn deliver(&mut self, batch: EncodedBatch) -> bool {
+        let mut queue = VecDeque::from([batch]);
+        while let Some(batch) = queue.pop_front() {
+            match self.send_until_answered(&batch).await {
+                Outcome::Acked => {
+                    self.metrics
+                        .records_sent
+                        .fetch_add(batch.logs as u64, Relaxed);
+                    self.metrics.batches_sent.fetch_add(1, Relaxed);
+                }
+                Outcome::TooLarge => match split(&batch, &self.host) {
+                    Some((a, b)) => {
+                        info!(
+                            records = batch.logs,
+                            "Aggregator refused the batch as too large; splitting it"
+                        );
+                        queue.push_front(b);
+                        queue.push_front(a);
+                    }
+                    None => {
+                        self.dead_letter(&batch, "413 Payload Too Large for a single record")
+                            .await
+                    }
+                },
+                Outcome::Rejected(reason) => self.dead_letter(&batch, &reason).await,
+                Outcome::Abandoned => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends until the aggregator gives a final answer, backing off between attempts.
+    async fn send_until_answered(&mut self, batch: &EncodedBatch) -> Outcome {
+        let body = Bytes::from(batch.body.clone());
+        let mut attempt: u32 = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let result = tokio::select! {
+                r = self.sender.send_once(body.clone(), batch.compression) => r,
+                _ = self.deadline.passed() => return Outcome::Abandoned,
+            };
+            self.metrics.observe_send(started.elapsed());
+            let wait = match result {
+                Ok(answer) if answer.status.is_success() => return Outcome::Acked,
+                Ok(answer) => match answer.status {
+                    StatusCode::BAD_REQUEST => {
+                        let reason = format!("400 Bad Request: {}", answer.body);
+                        self.metrics.send_error(SendError::Rejected, reason.clone());
+                        error!(records = batch.logs, reason = %answer.body, "Aggregator refused the batch; writing it to the dead-letter directory");
+                        return Outcome::Rejected(reason);
+                    }
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        self.metrics
+                            .send_error(SendError::TooLarge, "413 Payload Too Large".into());
+                        return Outcome::TooLarge;
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                        let kind = if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                            SendError::RateLimited
+                        } else {
+                            SendError::Unavailable
+                        };
+                        let wait = match answer.retry_after {
+                            Some(d) => d.min(self.backoff_max),
+                            None => self.backoff(attempt),
+                        };
+                        warn!(status = answer.status.as_u16(), retry_in_ms = wait.as_millis() as u64, reason = %answer.body,
+                            "Aggregator asked to slow down; retrying");
+                        self.metrics
+                            .send_error(kind, format!("{}: {}", answer.status, answer.body));
+                        wait
+                    }
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                        error!(status = answer.status.as_u16(), has_token = self.sender.auth.is_some(),
+                            "Aggregator refused the agent's credentials: the `token` is wrong or missing; retrying");
+                        self.metrics.send_error(
+                            SendError::Unauthorized,
+                            format!("{}: wrong or missing token", answer.status),
+                        );
+                        self.backoff(attempt)
+                    }
+                    status => {
+                        let kind = if status.is_server_error() {
+                            SendError::ServerError
+                        } else {
+                            SendError::UnexpectedStatus
+                        };
+                        warn!(status = status.as_u16(), reason = %answer.body, "Aggregator failed the batch; retrying");
+                        self.metrics
+                            .send_error(kind, format!("{status}: {}", answer.body));
+                        self.backoff(attempt)
+                    }
+                },
+                Err((kind, reason)) => {
+                    warn!(error_type = kind.as_str(), %reason, url = %self.sender.url, "Sending the batch failed; retrying");
+                    self.metrics.send_error(kind, reason);
+                    self.backoff(attempt)
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.deadline.passed() => return Outcome::Abandoned,
+            }
+        }
+    }
+
+    /// Capped exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .backoff_initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.backoff_max);
+        let millis = fastrand::u64(0..=cap.as_millis() as u64);
+        Duration::from_millis(millis.max(1))
+    }
+
+    /// Writes a refused batch and its reason to the dead-letter directory; it counts as handled.
+    async fn dead_letter(&mut self, batch: &EncodedBatch, reason: &str) {
+        self.dead_letter_seq += 1;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let base = self
+            .dead_letter_dir
+            .join(format!("{stamp}-{}", self.dead_letter_seq));
+        let body = batch.body.clone();
+        let compression = batch.compression;
+        let text = format!("records: {}\nreason: {reason}\n", batch.logs);
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+            if let Some(dir) = base.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let data_path = base.with_extension("ndjson.gz");
+            let data = match compression {
+                Compression::Gzip { .. } => body,
+                Compression::None => {
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    enc.write_all(&body)?;
+                    enc.finish()?
+                }
+            };
+            std::fs::write(&data_path, data)?;
+            std::fs::write(base.with_extension("reason.txt"), text)?;
+            Ok(data_path)
+        })
+        .await;
+        self.metrics.dead_letter_batches.fetch_add(1, Relaxed);
+        match result {
+            Ok(Ok(path)) => {
+                warn!(path = %path.display(), records = batch.logs, reason, "Batch dead-lettered")
+            }
+            Ok(Err(e)) => {
+                error!(dir = %self.dead_letter_dir.display(), error = %e, "Cannot write a dead-letter batch; it is dropped");
+                self.metrics.error(format!("dead letter: {e}"));
+            }
+            Err(e) => error!(error = %e, "Dead-letter task failed"),
+        }
+    }
+}
+
+/// Splits a batch into two halves re-encoded from its own records; `None` for one record.
+fn split(batch: &EncodedBatch, host: &str) -> Option<(EncodedBatch, EncodedBatch)> {
+    if batch.logs + batch.stats < 2 {
+        return None;
+    }
+    let decoded =
+        ferry_wire::decode_batch(&batch.body, batch.compression, batch.raw_bytes + 1024).ok()?;
+    let half = decoded.logs.len().div_ceil(2).max(1);
+    let mut a = BatchBuilder::new(host);
+    let mut b = BatchBuilder::new(host);
+    for (i, log) in decoded.logs.iter().enumerate() {
+        let record: LogRecord = serde_json::from_slice(decoded.log_line(log)).ok()?;
+        if i < half {
+            a.push_log(&record);
+        } else {
+            b.push_log(&record);
+        }
+    }
+    for sample in &decoded.stats {
+        b.push_stats(sample);
+    }
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    Some((a.finish(batch.compression), b.finish(batch.compression)))
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

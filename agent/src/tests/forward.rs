@@ -1,0 +1,222 @@
+//! Forwarding: retries, backoff, Retry-After, dead letters, 413 splits, credentials.
+
+use std::time::Duration;
+
+use super::util::*;
+use crate::metrics::SendError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_moves_only_after_the_aggregator_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("a", 0..20));
+    let size = std::fs::metadata(&log).unwrap().len();
+    let agg = TestAggregator::start().await;
+    agg.script(&[(500, None), (500, None), (502, None)]);
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+
+    wait_until("three failed attempts", || agg.requests().len() >= 3).await;
+    // Nothing acknowledged yet: the checkpoint must not have moved.
+    assert!(
+        checkpoint_offsets(dir.path()).values().all(|o| *o == 0),
+        "{:?}",
+        checkpoint_offsets(dir.path())
+    );
+
+    wait_until("all lines stored", || agg.stored().len() == 20).await;
+    assert_eq!(agg.stored_messages(), lines("a", 0..20));
+    wait_until("checkpoint at end of file", || {
+        checkpoint_offsets(dir.path()).values().any(|o| *o == size)
+    })
+    .await;
+    let status = agent.status();
+    assert_eq!(status.records_acked, 20);
+    assert!(status.errors >= 3);
+    assert!(status.last_error.is_some());
+    assert_eq!(agent.metrics.send_errors_of(SendError::ServerError), 3);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honours_retry_after_on_503() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/app.log"), &lines("a", 0..3));
+    let agg = TestAggregator::start().await;
+    agg.script(&[(503, Some(1))]);
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.backoff_max_ms = 5000;
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("stored after the 503", || agg.stored().len() == 3).await;
+    let reqs = agg.requests();
+    assert_eq!(reqs[0].status, 503);
+    let gap = reqs[1].at.duration_since(reqs[0].at);
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, Retry-After said 1 s"
+    );
+    assert_eq!(agent.metrics.send_errors_of(SendError::Unavailable), 1);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_request_goes_to_the_dead_letter_directory_and_delivery_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("bad", 0..5));
+    let agg = TestAggregator::start().await;
+    agg.script(&[(400, None)]);
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    let dl = dir.path().join("data/dead-letter");
+    wait_until("dead-letter files", || {
+        std::fs::read_dir(&dl)
+            .map(|d| d.count() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    let mut names: Vec<String> = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names[0].ends_with(".ndjson.gz") && names[1].ends_with(".reason.txt"),
+        "{names:?}"
+    );
+    let reason = std::fs::read_to_string(dl.join(&names[1])).unwrap();
+    assert!(
+        reason.contains("400") && reason.contains("answer 400"),
+        "{reason}"
+    );
+    let gz = std::fs::read(dl.join(&names[0])).unwrap();
+    let batch =
+        ferry_wire::decode_batch(&gz, ferry_wire::Compression::Gzip { level: 1 }, 1 << 20).unwrap();
+    assert_eq!(batch.logs.len(), 5);
+
+    append(&log, &lines("good", 0..2));
+    wait_until("later lines delivered", || agg.stored().len() == 2).await;
+    assert_eq!(agg.stored_messages(), lines("good", 0..2));
+    assert_eq!(
+        agent
+            .metrics
+            .dead_letter_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_too_large_splits_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/app.log"), &lines("a", 0..50));
+    let agg = TestAggregator::start().await;
+    *agg.state.max_records.lock().unwrap() = Some(7);
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.batch_max_age_ms = 500; // all 50 lines in one batch
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("all stored", || agg.stored().len() == 50).await;
+    assert_eq!(agg.stored_messages(), lines("a", 0..50));
+    assert!(agg.requests().iter().any(|r| r.status == 413));
+    assert!(agg
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.records.len() <= 7));
+    assert_eq!(
+        agg.state.accepted_raw.lock().unwrap().len(),
+        50,
+        "no record sent twice"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_is_logged_and_retried_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/app.log"), &lines("a", 0..4));
+    let agg = TestAggregator::start().await;
+    agg.script(&[(401, None), (403, None)]);
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.token = Some("s3cret".into());
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("stored after 401/403", || agg.stored().len() == 4).await;
+    let reqs = agg.requests();
+    assert_eq!(reqs[0].auth.as_deref(), Some("Bearer s3cret"));
+    assert_eq!(agent.metrics.send_errors_of(SendError::Unauthorized), 2);
+    assert!(agent.status().last_error.unwrap().contains("token"));
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_aggregator_blocks_reading_and_shutdown_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/app.log"), &lines("a", 0..10));
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(dir.path(), &format!("http://127.0.0.1:{port}"));
+    cfg.shutdown_timeout_ms = 300;
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("connect errors", || {
+        agent.metrics.send_errors_of(SendError::Connect) >= 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    agent.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(checkpoint_offsets(dir.path()).values().all(|o| *o == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/app.log"), &lines("a", 0..3));
+    let agg = TestAggregator::start().await;
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    wait_until("stored", || agg.stored().len() == 3).await;
+    let get = |path: &'static str| {
+        let addr = agent.metrics_addr();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let health = get("/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("{\"status\":\"ok\"}"),
+        "{health}"
+    );
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.contains("ferry_agent_records_sent_total 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ferry_agent_files_tailed 1"), "{metrics}");
+    agent.shutdown().await;
+}
