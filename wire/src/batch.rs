@@ -292,10 +292,11 @@ fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
         }
         let line = &data[range.clone()];
         if found <= header.logs {
-            let keys: RecordKeys<'_> = serde_json::from_slice(line).map_err(|e| BatchError::Line {
-                line: line_no,
-                reason: format!("bad log record: {e}"),
-            })?;
+            let keys: RecordKeys<'_> =
+                serde_json::from_slice(line).map_err(|e| BatchError::Line {
+                    line: line_no,
+                    reason: format!("bad log record: {e}"),
+                })?;
             logs.push(DecodedLog {
                 line: range,
                 id: keys.event.id.into_owned(),
@@ -476,7 +477,9 @@ mod tests {
         let mut b = BatchBuilder::new("node");
         b.push_log(&record(1));
         let mut body = b.finish(Compression::None).body;
-        let text = String::from_utf8(body.clone()).unwrap().replace("\"logs\":1", "\"logs\":2");
+        let text = String::from_utf8(body.clone())
+            .unwrap()
+            .replace("\"logs\":1", "\"logs\":2");
         body = text.into_bytes();
         body.extend_from_slice(b"{\"event\":{\"id\":\"x\"}}\n");
         let err = decode_batch(&body, Compression::None, 1 << 20).unwrap_err();
@@ -494,7 +497,10 @@ mod tests {
         let body = b"{\"ferry\":1,\"host\":\"h\",\"logs\":3,\"stats\":0}\n";
         assert!(matches!(
             decode_batch(body, Compression::None, 1024),
-            Err(BatchError::Count { expected: 3, found: 0 })
+            Err(BatchError::Count {
+                expected: 3,
+                found: 0
+            })
         ));
         let body = b"{\"ferry\":9,\"host\":\"h\",\"logs\":0,\"stats\":0}\n";
         assert!(matches!(
@@ -522,7 +528,12 @@ mod tests {
             let len = rng.usize(0..300);
             let mut body: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
             if rng.bool() {
-                body.splice(0..0, b"{\"ferry\":1,\"host\":\"h\",\"logs\":1,\"stats\":0}\n".iter().copied());
+                body.splice(
+                    0..0,
+                    b"{\"ferry\":1,\"host\":\"h\",\"logs\":1,\"stats\":0}\n"
+                        .iter()
+                        .copied(),
+                );
             }
             let _ = decode_batch(&body, Compression::None, 1 << 16);
             let _ = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 16);

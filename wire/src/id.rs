@@ -34,7 +34,11 @@ mod tests {
     fn ids_are_stable_and_distinct() {
         let s = source_id(1, 2, b"first line\n", 0);
         assert_eq!(s, source_id(1, 2, b"first line\n", 0));
-        assert_ne!(s, source_id(1, 2, b"first line\n", 1), "generation changes identity");
+        assert_ne!(
+            s,
+            source_id(1, 2, b"first line\n", 1),
+            "generation changes identity"
+        );
         assert_ne!(s, source_id(1, 3, b"first line\n", 0));
         assert_eq!(s.len(), 32);
         assert_eq!(event_id(&s, 10), event_id(&s, 10));
