@@ -213,12 +213,13 @@ impl AggregatorHandle {
 
     /// Stops accepting, lets requests in flight finish, lets the sink drain the queue (up to a
     /// few seconds) and commit, then returns. What is left stays queued for the next start.
-    pub async fn shutdown(self) {
+    /// Returns the final status (records stored, anything left queued for the next start).
+    pub async fn shutdown(self) -> AggregatorStatus {
         self.shutdown_within(SHUTDOWN_DRAIN).await
     }
 
     /// [`Self::shutdown`] with the sink's drain time given.
-    pub(crate) async fn shutdown_within(mut self, drain: Duration) {
+    pub(crate) async fn shutdown_within(mut self, drain: Duration) -> AggregatorStatus {
         if !self.sink_alive.load(Ordering::SeqCst) {
             warn!("Sink thread had stopped before shutdown");
         }
@@ -241,6 +242,7 @@ impl AggregatorHandle {
             records_stored = status.records_stored,
             "Aggregator stopped"
         );
+        status
     }
 }
 

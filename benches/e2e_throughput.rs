@@ -1,0 +1,207 @@
+//! End-to-end throughput harness: a Docker json-file log of nginx lines (the reference workload's
+//! shape) pushed through a real agent process into a real aggregator process.
+//!
+//! ```text
+//! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE] [--sink discard|local]
+//!                                        [--compression gzip|none] [--format docker|plain]
+//! ```
+//! Prints MiB/s, lines/s, CPU seconds per GiB and peak RSS of each process. A measurement, never
+//! a pass/fail threshold.
+
+#[path = "../tests/integration/util.rs"]
+#[allow(dead_code)]
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+struct Args {
+    bytes: u64,
+    input: Option<PathBuf>,
+    sink: String,
+    compression: String,
+    format: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        bytes: 256 << 20,
+        input: None,
+        sink: "discard".into(),
+        compression: "gzip".into(),
+        format: "docker".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bytes" => a.bytes = value().parse().expect("--bytes takes a number of bytes"),
+            "--input" => a.input = Some(value().into()),
+            "--sink" => a.sink = value(),
+            "--compression" => a.compression = value(),
+            "--format" => a.format = value(),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+/// (user + system CPU seconds, peak RSS in bytes) of a live process, from /proc.
+fn usage(pid: u32) -> (f64, u64) {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    (cpu / ticks, hwm_kib * 1024)
+}
+
+fn main() {
+    let args = parse_args();
+    let mut w = World::new();
+    let dir = w.path("logs/plain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = match &args.input {
+        Some(p) => p.clone(),
+        None => {
+            let path = dir.join("nginx.log");
+            eprintln!(
+                "generating {} MiB of {} nginx lines …",
+                args.bytes >> 20,
+                args.format
+            );
+            let ok = Command::new(FERRY)
+                .args([
+                    "generate",
+                    "--format",
+                    &args.format,
+                    "--bytes",
+                    &args.bytes.to_string(),
+                    "--out",
+                ])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            path
+        }
+    };
+    let size = std::fs::metadata(&file).unwrap().len();
+    let (lines, first_byte) = scan(&file);
+    w.include = vec![file.display().to_string()];
+    // Docker json-file lines are JSON objects; anything else is tailed as plain lines.
+    let format = if first_byte == Some(b'{') {
+        "docker"
+    } else {
+        "plain"
+    };
+    let agent_extra = format!(
+        "format = \"{format}\"\ncompression = \"{}\"\n",
+        args.compression
+    );
+    let config = w.config(
+        &agent_extra,
+        &format!("sink = {{ type = \"{}\" }}\n", args.sink),
+    );
+
+    let aggregator = w.start_aggregator(&config);
+    let started = Instant::now();
+    let agent = w.start_agent(&config);
+    eprintln!(
+        "pushing {lines} lines ({:.1} MiB, {format}) through agent → aggregator ({} sink, {}) …",
+        size as f64 / 1048576.0,
+        args.sink,
+        args.compression
+    );
+    let addr = w.agg_addr();
+    let mut last_print = Instant::now();
+    let peak = loop {
+        let page = http(addr, "GET", "/metrics", &[], b"")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let done = metric(&page, "ferry_sink_records_total") as u64;
+        let usage_now = (usage(agent.child.id()), usage(aggregator.child.id()));
+        if done >= lines {
+            break usage_now;
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "  {done}/{lines} records after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "gave up after an hour"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
+    println!(
+        "e2e throughput ({format} json-file → agent → aggregator, {} sink, {}):",
+        args.sink, args.compression
+    );
+    println!(
+        "  input          {:.1} MiB, {lines} lines",
+        size as f64 / 1048576.0
+    );
+    println!("  wall           {secs:.2} s");
+    println!(
+        "  throughput     {:.1} MiB/s, {:.0} lines/s",
+        size as f64 / 1048576.0 / secs,
+        lines as f64 / secs
+    );
+    println!(
+        "  agent          {a_cpu:.2} CPU-s ({:.2} CPU-s/GiB), peak RSS {:.1} MiB",
+        a_cpu / gib,
+        a_rss as f64 / 1048576.0
+    );
+    println!(
+        "  aggregator     {g_cpu:.2} CPU-s ({:.2} CPU-s/GiB), peak RSS {:.1} MiB",
+        g_cpu / gib,
+        g_rss as f64 / 1048576.0
+    );
+}
+
+/// Number of lines and the first byte of `path`, read in 1 MiB chunks.
+fn scan(path: &std::path::Path) -> (u64, Option<u8>) {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut lines, mut first) = (0u64, None);
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return (lines, first);
+        }
+        first = first.or(Some(buf[0]));
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
+}
