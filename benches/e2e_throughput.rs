@@ -31,7 +31,7 @@ fn parse_args() -> Args {
         bytes: 256 << 20,
         input: None,
         sink: "discard".into(),
-        compression: "gzip".into(),
+        compression: "zstd".into(),
         format: "docker".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -165,7 +165,7 @@ fn main() {
     let gib = size as f64 / (1u64 << 30) as f64;
     let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
     println!(
-        "e2e throughput ({format} json-file → agent → aggregator, {} sink, {}):",
+        "e2e throughput ({format} log → agent → aggregator, {} sink, {}):",
         args.sink, args.compression
     );
     println!(

@@ -394,13 +394,16 @@ impl Forwarder {
             if let Some(dir) = base.parent() {
                 std::fs::create_dir_all(dir)?;
             }
+            // Always gzip on disk, whatever travelled: any operator can `zcat` it.
             let data_path = base.with_extension("ndjson.gz");
             let data = match compression {
                 Compression::Gzip { .. } => body,
-                Compression::None => {
+                Compression::None | Compression::Zstd { .. } => {
+                    let raw = ferry_wire::decompress(&body, compression, usize::MAX)
+                        .map_err(std::io::Error::other)?;
                     let mut enc =
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    enc.write_all(&body)?;
+                    enc.write_all(&raw)?;
                     enc.finish()?
                 }
             };

@@ -1,6 +1,6 @@
 //! The batch codec: what travels from agent to aggregator in one request body.
 //!
-//! Layout (NDJSON, optionally gzip-compressed as a whole):
+//! Layout (NDJSON, optionally gzip- or zstd-compressed as a whole):
 //! ```text
 //! {"ferry":1,"host":"node-1","logs":2,"stats":1}     <- header, line 1
 //! {"event":{"id":"…"},"@timestamp":"…",…}              <- `logs` log records
@@ -27,7 +27,13 @@ pub const WIRE_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
-    Gzip { level: u32 },
+    Gzip {
+        level: u32,
+    },
+    /// zstd: about twice as fast as gzip level 1 at a better ratio; the agent's default.
+    Zstd {
+        level: i32,
+    },
 }
 
 impl Compression {
@@ -36,6 +42,7 @@ impl Compression {
         match self {
             Compression::None => "identity",
             Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
         }
     }
 
@@ -44,6 +51,7 @@ impl Compression {
         match value.map(str::trim) {
             None | Some("") | Some("identity") => Ok(Compression::None),
             Some(v) if v.eq_ignore_ascii_case("gzip") => Ok(Compression::Gzip { level: 1 }),
+            Some(v) if v.eq_ignore_ascii_case("zstd") => Ok(Compression::Zstd { level: 1 }),
             Some(other) => Err(BatchError::Encoding(other.to_string())),
         }
     }
@@ -142,6 +150,15 @@ impl BatchBuilder {
                 }
                 enc.finish().expect("writing to a Vec cannot fail")
             }
+            Compression::Zstd { level } => {
+                let out = Vec::with_capacity(raw_bytes / 8 + 64);
+                let mut enc =
+                    zstd::stream::Encoder::new(out, level).expect("zstd encoder allocates");
+                for part in [&head[..], &self.logs, &self.stats] {
+                    enc.write_all(part).expect("writing to a Vec cannot fail");
+                }
+                enc.finish().expect("writing to a Vec cannot fail")
+            }
         };
         let batch = EncodedBatch {
             body,
@@ -161,9 +178,9 @@ impl BatchBuilder {
 /// Why a batch was refused. Every variant says where and what.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error("unsupported Content-Encoding {0:?} (expected gzip or identity)")]
+    #[error("unsupported Content-Encoding {0:?} (expected zstd, gzip or identity)")]
     Encoding(String),
-    #[error("body is not valid gzip: {0}")]
+    #[error("body is not valid gzip or zstd: {0}")]
     Compression(String),
     #[error("decompressed body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
@@ -239,29 +256,48 @@ pub fn decode_batch(
     compression: Compression,
     max_decompressed: usize,
 ) -> Result<DecodedBatch, BatchError> {
+    parse_body(decompress(body, compression, max_decompressed)?)
+}
+
+/// The NDJSON inside a batch body, refusing to grow past `max_decompressed` bytes.
+pub fn decompress(
+    body: &[u8],
+    compression: Compression,
+    max_decompressed: usize,
+) -> Result<Vec<u8>, BatchError> {
+    let too_large = BatchError::TooLarge {
+        limit: max_decompressed,
+    };
     let data = match compression {
         Compression::None => {
             if body.len() > max_decompressed {
-                return Err(BatchError::TooLarge {
-                    limit: max_decompressed,
-                });
+                return Err(too_large);
             }
             body.to_vec()
         }
         Compression::Gzip { .. } => {
-            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_decompressed));
-            let mut dec = GzDecoder::new(body).take(max_decompressed as u64 + 1);
-            dec.read_to_end(&mut out)
+            let dec = GzDecoder::new(body);
+            read_bounded(dec, body.len().saturating_mul(4), max_decompressed)?
+        }
+        Compression::Zstd { .. } => {
+            let dec = zstd::stream::Decoder::new(body)
                 .map_err(|e| BatchError::Compression(e.to_string()))?;
-            if out.len() > max_decompressed {
-                return Err(BatchError::TooLarge {
-                    limit: max_decompressed,
-                });
-            }
-            out
+            read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
         }
     };
-    parse_body(data)
+    Ok(data)
+}
+
+fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, BatchError> {
+    let mut out = Vec::with_capacity(guess.min(max));
+    reader
+        .take((max as u64).saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| BatchError::Compression(e.to_string()))?;
+    if out.len() > max {
+        return Err(BatchError::TooLarge { limit: max });
+    }
+    Ok(out)
 }
 
 fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
@@ -426,7 +462,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_gzip_and_plain() {
-        for compression in [Compression::None, Compression::Gzip { level: 1 }] {
+        for compression in [
+            Compression::None,
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 1 },
+        ] {
             let mut b = BatchBuilder::new("node");
             let records: Vec<_> = (0..50).map(record).collect();
             for r in &records {
@@ -457,6 +497,13 @@ mod tests {
         enc.write_all(&vec![b' '; 10 << 20]).unwrap();
         let body = enc.finish().unwrap();
         let err = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 20).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_zstd_bomb() {
+        let body = zstd::bulk::compress(&vec![b' '; 10 << 20], 3).unwrap();
+        let err = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 20).unwrap_err();
         assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
     }
 
@@ -537,6 +584,7 @@ mod tests {
             }
             let _ = decode_batch(&body, Compression::None, 1 << 16);
             let _ = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 16);
+            let _ = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 16);
         }
     }
 }

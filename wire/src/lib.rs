@@ -12,7 +12,7 @@ mod id;
 mod record;
 
 pub use batch::{
-    decode_batch, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
+    decode_batch, decompress, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
     DecodedBatch, EncodedBatch, RecordKeys, WIRE_VERSION,
 };
 pub use id::{event_id, source_id};
