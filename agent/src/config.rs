@@ -80,6 +80,36 @@ pub struct AgentConfig {
     /// Docker container labels copied to `container.labels.*` (exact label keys). Labels are
     /// opt-in to keep label cardinality bounded. Default: none.
     pub container_labels_allowlist: Vec<String>,
+    /// Discover containers through the Docker API: metadata (name, image, labels, Compose, Swarm
+    /// and `io.kubernetes.*` labels) for their log files, and the logs API for containers whose log
+    /// driver writes no json-file. If the socket is missing or unreachable the agent still starts,
+    /// warns, takes metadata from each container's `config.v2.json`, and keeps reconnecting.
+    /// Default `true`.
+    pub docker_enabled: bool,
+    /// Path of the Docker engine's unix socket. Default `/var/run/docker.sock`.
+    pub docker_socket: PathBuf,
+    /// Longest delay between attempts to reconnect to the Docker API (exponential backoff from
+    /// 100 ms), in milliseconds. Default 10000.
+    pub docker_reconnect_max_ms: u64,
+    /// Only collect the logs of containers matching one of these selectors (empty: all
+    /// containers). A selector is `name:<glob>` (container name, e.g. `name:web-*`),
+    /// `image:<glob>` (image as given to `docker run`, e.g. `image:nginx*`), `label:<key>` (label
+    /// present) or `label:<key>=<glob>` (e.g. `label:app=web`). A container labelled
+    /// `ferry.enable=false` is never collected. Default: none.
+    pub containers_include: Vec<String>,
+    /// Never collect the logs of containers matching one of these selectors (syntax as
+    /// `containers_include`). Default: none.
+    pub containers_exclude: Vec<String>,
+    /// Collect container resource stats (cgroup CPU, memory, block IO, pids; network) and send
+    /// them under cAdvisor's metric names. Default `true`.
+    pub stats_enabled: bool,
+    /// How often every container's stats are read, in milliseconds. Default 10000.
+    pub stats_interval_ms: u64,
+    /// Where the host's cgroup hierarchies are mounted (v1 per-controller directories, or the v2
+    /// unified tree). Default `/sys/fs/cgroup`.
+    pub stats_cgroup_root: PathBuf,
+    /// The host's `/proc` (containers' PIDs are looked up here). Default `/proc`.
+    pub stats_proc_root: PathBuf,
 }
 
 /// How a file's lines are decoded.
@@ -196,6 +226,20 @@ pub fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7481))
 }
 
+/// Default for [`AgentConfig::docker_socket`].
+pub fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
+}
+/// Default for [`AgentConfig::docker_reconnect_max_ms`].
+pub const fn default_docker_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+/// Default for [`AgentConfig::stats_interval_ms`].
+pub const fn default_stats_interval_ms() -> u64 {
+    10_000
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -223,6 +267,15 @@ impl Default for AgentConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             metrics_listen: default_metrics_listen(),
             container_labels_allowlist: Vec::new(),
+            docker_enabled: true,
+            docker_socket: default_docker_socket(),
+            docker_reconnect_max_ms: default_docker_reconnect_max_ms(),
+            containers_include: Vec::new(),
+            containers_exclude: Vec::new(),
+            stats_enabled: true,
+            stats_interval_ms: default_stats_interval_ms(),
+            stats_cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            stats_proc_root: PathBuf::from("/proc"),
         }
     }
 }
@@ -298,9 +351,24 @@ impl AgentConfig {
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("backoff_max_ms", self.backoff_max_ms),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("stats_interval_ms", self.stats_interval_ms),
+            ("docker_reconnect_max_ms", self.docker_reconnect_max_ms),
         ] {
             if value == 0 {
                 bad(field.into(), "must be greater than 0".into());
+            }
+        }
+        if self.docker_enabled && self.docker_socket.as_os_str().is_empty() {
+            bad("docker_socket".into(), "must not be empty".into());
+        }
+        for (name, list) in [
+            ("containers_include", &self.containers_include),
+            ("containers_exclude", &self.containers_exclude),
+        ] {
+            for (i, selector) in list.iter().enumerate() {
+                if let Err(e) = crate::docker::Selector::parse(selector) {
+                    bad(format!("{name}[{i}]"), format!("{selector:?}: {e}"));
+                }
             }
         }
         if self.backoff_initial_ms > self.backoff_max_ms {

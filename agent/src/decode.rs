@@ -272,7 +272,7 @@ impl Decoder {
             flags.set(Flag::Joined);
         }
         let buf = &self.bufs[slot];
-        let message = String::from_utf8_lossy(buf);
+        let message = lossy(buf);
         if matches!(message, Cow::Owned(_)) {
             flags.set(Flag::InvalidUtf8);
         }
@@ -383,11 +383,20 @@ fn text(bytes: &[u8], max: usize) -> (Cow<'_, str>, Flags) {
     } else {
         bytes
     };
-    let message = String::from_utf8_lossy(bytes);
+    let message = lossy(bytes);
     if matches!(message, Cow::Owned(_)) {
         flags.set(Flag::InvalidUtf8);
     }
     (message, flags)
+}
+
+/// `String::from_utf8_lossy` with the validation done by `str::from_utf8`, whose ASCII fast path
+/// is several times quicker on log lines; only invalid input takes the slow, replacing path.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The largest `n <= max` that does not split a UTF-8 sequence of `bytes` (falls back to `max`

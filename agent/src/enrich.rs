@@ -1,22 +1,22 @@
 //! What a record learns from where its file lives, and the hook where its message gets parsed.
 //!
-//! From the path alone: Docker's `…/containers/<id>/<id>-json.log` gives `container.id` (and the
-//! container's `config.v2.json` beside it gives name, image and allowlisted labels); the kubelet's
-//! `…/pods/<ns>_<pod>_<uid>/<container>/N.log` gives the `kubernetes.*` fields. The format of a
-//! file in `auto` mode is chosen here too. Nothing here fails: missing or unreadable metadata just
-//! leaves fields empty (logged at debug level).
+//! A Docker container's file gets name, image, allowlisted labels and `io.kubernetes.*` fields from
+//! the Docker registry (`crate::docker`), or, while the API does not know the container, from the
+//! container's `config.v2.json` beside the file; the kubelet's
+//! `…/pods/<ns>_<pod>_<uid>/<container>/N.log` gives the `kubernetes.*` fields a label does not.
+//! The format of a file in `auto` mode is chosen here too. Nothing here fails: missing or
+//! unreadable metadata just leaves fields empty (logged at debug level).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ferry_wire::{
-    Container, ContainerImage, Kubernetes, KubernetesContainer, KubernetesPod, LogRecord,
-};
-use serde::Deserialize;
+use ferry_wire::{Container, Kubernetes, KubernetesContainer, KubernetesPod, LogRecord};
 use tracing::debug;
 
 use crate::config::FormatConfig;
 use crate::decode::Format;
+use crate::docker::{ContainerMeta, Registry};
 
 /// Parses the record's message into fields (`log.level`, `@timestamp`, ECS fields, `parse.error`).
 ///
@@ -78,81 +78,91 @@ pub(crate) fn kubernetes_from_path(path: &Path) -> Option<Kubernetes> {
     })
 }
 
-/// The fields of Docker's `config.v2.json` the agent reads.
-#[derive(Deserialize)]
-struct DockerConfig {
-    #[serde(rename = "Name", default)]
-    name: Option<String>,
-    #[serde(rename = "Config", default)]
-    config: Option<DockerContainerConfig>,
+/// `<id>` of Docker's `…/containers/<id>/<id>-json.log` layout.
+fn docker_id_from_path(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let id = name.strip_suffix("-json.log")?;
+    (path.parent()?.file_name()?.to_str()? == id).then_some(id)
 }
 
-#[derive(Deserialize)]
-struct DockerContainerConfig {
-    #[serde(rename = "Image", default)]
-    image: Option<String>,
-    #[serde(rename = "Labels", default)]
-    labels: Option<BTreeMap<String, String>>,
-}
-
-/// Container metadata per Docker container directory, read once.
+/// Container metadata for tailed files: from the Docker [`Registry`] when it knows the container
+/// (matched by `LogPath`, else by the path layout), else from the container's `config.v2.json`
+/// beside the file (read once per directory).
 #[derive(Debug)]
 pub(crate) struct Enricher {
     labels_allowlist: Vec<String>,
-    cache: HashMap<PathBuf, Container>,
+    registry: Arc<Registry>,
+    cache: HashMap<PathBuf, Option<Arc<ContainerMeta>>>,
 }
 
 impl Enricher {
-    pub fn new(labels_allowlist: Vec<String>) -> Self {
+    pub fn new(labels_allowlist: Vec<String>, registry: Arc<Registry>) -> Self {
         Enricher {
             labels_allowlist,
+            registry,
             cache: HashMap::new(),
         }
     }
 
-    /// `container.*` and `kubernetes.*` for a file found at `path`.
-    pub fn for_path(&mut self, path: &Path) -> (Container, Kubernetes) {
-        let kubernetes = kubernetes_from_path(path).unwrap_or_default();
-        (self.docker_container(path).unwrap_or_default(), kubernetes)
+    /// The registry's version (see [`Registry::version`]).
+    pub fn registry_version(&self) -> u64 {
+        self.registry.version()
     }
 
-    fn docker_container(&mut self, path: &Path) -> Option<Container> {
-        let name = path.file_name()?.to_str()?;
-        let id = name.strip_suffix("-json.log")?;
-        let dir = path.parent()?;
-        if dir.file_name()?.to_str()? != id {
+    /// `container.*` and `kubernetes.*` for a file found at `path`, or `None` when the file
+    /// belongs to a container whose logs are not collected (`ferry.enable=false`,
+    /// `containers_include` / `containers_exclude`).
+    pub fn for_path(&mut self, path: &Path) -> Option<(Container, Kubernetes)> {
+        let (meta, fields) = self.lookup(path);
+        if meta.is_some_and(|m| !self.registry.wants(&m)) {
             return None;
         }
-        if let Some(cached) = self.cache.get(dir) {
-            return Some(cached.clone());
-        }
-        let mut container = Container {
-            id: Some(id.to_string()),
-            ..Default::default()
+        Some(fields)
+    }
+
+    /// Fresh fields for a file already tailed (no filter), or `None` when no metadata is known
+    /// any more (a destroyed container's file being drained keeps what it had).
+    pub fn refresh(&mut self, path: &Path) -> Option<(Container, Kubernetes)> {
+        let (meta, fields) = self.lookup(path);
+        meta.map(|_| fields)
+    }
+
+    fn lookup(&mut self, path: &Path) -> (Option<Arc<ContainerMeta>>, (Container, Kubernetes)) {
+        let mut kubernetes = kubernetes_from_path(path).unwrap_or_default();
+        let mut container = Container::default();
+        let id = self
+            .registry
+            .id_for_path(path)
+            .or_else(|| docker_id_from_path(path).map(str::to_string));
+        let Some(id) = id else {
+            return (None, (container, kubernetes));
         };
-        let config_path = dir.join("config.v2.json");
-        match std::fs::read(&config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<DockerConfig>(&b).map_err(|e| e.to_string()))
-        {
-            Ok(config) => {
-                container.name = config.name.map(|n| n.trim_start_matches('/').to_string());
-                if let Some(c) = config.config {
-                    container.image = ContainerImage { name: c.image };
-                    container.labels = c
-                        .labels
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|(k, _)| self.labels_allowlist.iter().any(|a| a == k))
-                        .collect();
-                }
-            }
-            Err(error) => {
-                debug!(path = %config_path.display(), %error, "No Docker container config")
-            }
+        let meta = self.registry.get(&id).or_else(|| self.config_v2(path, &id));
+        match &meta {
+            Some(m) => m.apply(&self.labels_allowlist, &mut container, &mut kubernetes),
+            None => container.id = Some(id),
         }
-        self.cache.insert(dir.to_path_buf(), container.clone());
-        Some(container)
+        (meta, (container, kubernetes))
+    }
+
+    fn config_v2(&mut self, path: &Path, id: &str) -> Option<Arc<ContainerMeta>> {
+        let dir = path.parent()?;
+        if let Some(cached) = self.cache.get(dir) {
+            return cached.clone();
+        }
+        let config_path = dir.join("config.v2.json");
+        let meta = match std::fs::read(&config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ContainerMeta::from_config_v2(id, &b).map_err(|e| e.to_string()))
+        {
+            Ok(meta) => Some(Arc::new(meta)),
+            Err(error) => {
+                debug!(path = %config_path.display(), %error, "No Docker container config");
+                None
+            }
+        };
+        self.cache.insert(dir.to_path_buf(), meta.clone());
+        meta
     }
 
     /// Forgets cached metadata of container directories that no longer hold a tailed file.
@@ -200,8 +210,13 @@ mod tests {
             r#"{"Name":"/web","Config":{"Image":"nginx:1.27","Labels":{"app":"shop","secret":"x"}},"Other":1}"#,
         )
         .unwrap();
-        let mut e = Enricher::new(vec!["app".into()]);
-        let (c, k) = e.for_path(&dir.join("abc123-json.log"));
+        let registry = Arc::new(Registry::new(
+            vec!["app".into()],
+            crate::docker::Filter::default(),
+            Default::default(),
+        ));
+        let mut e = Enricher::new(vec!["app".into()], registry.clone());
+        let (c, k) = e.for_path(&dir.join("abc123-json.log")).unwrap();
         assert_eq!(c.id.as_deref(), Some("abc123"));
         assert_eq!(c.name.as_deref(), Some("web"));
         assert_eq!(c.image.name.as_deref(), Some("nginx:1.27"));
@@ -209,12 +224,54 @@ mod tests {
         assert_eq!(c.labels["app"], "shop");
         assert!(k.is_empty());
 
-        let (c, _) = e.for_path(&root.path().join("containers/zzz/zzz-json.log"));
+        let (c, _) = e
+            .for_path(&root.path().join("containers/zzz/zzz-json.log"))
+            .unwrap();
         assert_eq!(
             c.id.as_deref(),
             Some("zzz"),
             "missing config still gives the id"
         );
         assert!(c.name.is_none());
+    }
+
+    #[test]
+    fn registry_wins_over_config_v2_and_opted_out_files_are_skipped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("containers").join("abc");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.v2.json"),
+            r#"{"Name":"/old-name","Config":{"Image":"img:1","Labels":{"app":"a"}}}"#,
+        )
+        .unwrap();
+        let log = dir.join("abc-json.log");
+        let registry = Arc::new(Registry::new(
+            vec!["app".into()],
+            crate::docker::Filter::default(),
+            Default::default(),
+        ));
+        let mut e = Enricher::new(vec!["app".into()], registry.clone());
+        assert_eq!(
+            e.for_path(&log).unwrap().0.name.as_deref(),
+            Some("old-name")
+        );
+        registry.upsert(ContainerMeta {
+            id: "abc".into(),
+            name: Some("new-name".into()),
+            image: Some("img:1".into()),
+            log_path: Some(log.clone()),
+            ..Default::default()
+        });
+        assert_eq!(e.refresh(&log).unwrap().0.name.as_deref(), Some("new-name"));
+
+        let off = root.path().join("containers/off");
+        std::fs::create_dir_all(&off).unwrap();
+        std::fs::write(
+            off.join("config.v2.json"),
+            r#"{"Name":"/quiet","Config":{"Image":"img:1","Labels":{"ferry.enable":"false"}}}"#,
+        )
+        .unwrap();
+        assert!(e.for_path(&off.join("off-json.log")).is_none());
     }
 }

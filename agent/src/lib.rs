@@ -7,17 +7,20 @@
 //! Delivery is at-least-once with deterministic ids: every record's `event.id` is a hash of its
 //! source fingerprint and byte offset, and records of one fingerprint leave in strictly increasing
 //! offset order, one batch in flight at a time, so the aggregator can drop replays by id or by a
-//! per-source high-water mark. What this crate does not do (yet): Docker API discovery, cgroup
-//! stats, and rule-based parsing, which plugs in at `enrich::enrich_and_parse`.
+//! per-source high-water mark. Docker API discovery and container metadata live in `docker`
+//! (see its module doc). What this crate does not do (yet): rule-based parsing, which plugs in at
+//! `enrich::enrich_and_parse`.
 #![forbid(unsafe_code)]
 
 mod checkpoint;
 mod config;
 mod decode;
+mod docker;
 mod enrich;
 mod fingerprint;
 mod forward;
 mod metrics;
+mod stats;
 mod tailer;
 mod watcher;
 
@@ -38,6 +41,7 @@ pub use checkpoint::CheckpointError;
 pub use config::{
     AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, ReadFrom,
 };
+pub use stats::StatsTargets;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,10 @@ pub struct AgentHandle {
     tailer: Option<std::thread::JoinHandle<()>>,
     forwarder: JoinHandle<()>,
     server: JoinHandle<()>,
+    /// The stats collector's target provider (replaceable while running).
+    stats_targets: Arc<std::sync::Mutex<StatsTargets>>,
+    /// Docker discovery and logs-API followers (`docker_enabled`).
+    docker: Option<docker::DockerHandle>,
 }
 
 /// Starts the agent: loads the checkpoint, binds the metrics server, starts the tailer thread and
@@ -116,7 +124,41 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(1);
+    let stats_targets = Arc::new(std::sync::Mutex::new(stats::no_targets()));
+    let registry = docker::registry(&config, &metrics);
+    if config.docker_enabled {
+        if let Ok(mut targets) = stats_targets.lock() {
+            let registry = registry.clone();
+            *targets = Box::new(move || registry.stats_targets());
+        }
+    }
+    if config.stats_enabled {
+        tokio::spawn(stats::run(
+            stats::Settings::from_config(&config),
+            stats_targets.clone(),
+            metrics.clone(),
+            tx.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
 
+    let docker = if config.docker_enabled {
+        let sources = loaded.checkpointer.sources();
+        let (tx, stop) = (tx.clone(), shutdown_rx.clone());
+        Some(
+            docker::start(
+                &config,
+                registry.clone(),
+                sources,
+                tx,
+                stop,
+                metrics.clone(),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let tailer = tailer::Tailer::new(
         tailer::Settings::from_config(&config),
         loaded.checkpointer.sources(),
@@ -124,8 +166,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         metrics.clone(),
         tx,
         stop.clone(),
+        registry.clone(),
     );
     let waker = tailer.waker();
+    registry.set_waker(waker.clone());
     let tailer = std::thread::Builder::new()
         .name("ferry-tailer".into())
         .spawn(move || tailer.run())
@@ -148,6 +192,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         tailer: Some(tailer),
         forwarder,
         server,
+        stats_targets,
+        docker,
     })
 }
 
@@ -171,6 +217,14 @@ impl AgentHandle {
         self.metrics_addr
     }
 
+    /// Sets where the stats collector gets its `(container id, pid)` targets from (discovery's
+    /// registry); takes effect at the next pass. Until then no container is sampled.
+    pub fn set_stats_targets(&self, targets: StatsTargets) {
+        if let Ok(mut current) = self.stats_targets.lock() {
+            *current = targets;
+        }
+    }
+
     /// Stops reading, tries for at most `shutdown_timeout_ms` to deliver what was read, writes the
     /// checkpoint and returns. Records not acknowledged by then are read again after a restart.
     pub async fn shutdown(mut self) {
@@ -186,6 +240,9 @@ impl AgentHandle {
                 warn!("Tailer thread panicked");
             }
         }
+        if let Some(docker) = self.docker.take() {
+            docker.join().await;
+        }
         let _ = (&mut self.server).await;
         info!("Agent stopped");
     }
@@ -198,5 +255,8 @@ impl Drop for AgentHandle {
         let _ = self.waker.try_send(());
         let _ = self.shutdown.send(true);
         self.server.abort();
+        if let Some(docker) = &self.docker {
+            docker.abort();
+        }
     }
 }

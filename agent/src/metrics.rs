@@ -113,6 +113,10 @@ pub(crate) struct Metrics {
     send_count: AtomicU64,
     send_sum_micros: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Container stats: the collector's own figures and the latest sample per container.
+    pub stats: crate::stats::StatsMetrics,
+    /// `ferry_agent_containers{state}`, kept by the Docker registry.
+    pub containers: Arc<crate::docker::ContainerGauges>,
 }
 
 impl Metrics {
@@ -248,6 +252,8 @@ impl Metrics {
             self.send_sum_micros.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "ferry_agent_send_duration_seconds_count {count}");
+        self.stats.render(&mut out);
+        self.containers.render(&mut out);
         out
     }
 }

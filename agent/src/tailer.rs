@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::{Entry, Sources, Update};
 use crate::config::{AgentConfig, FormatConfig, ReadFrom};
 use crate::decode::{Decoded, Decoder, Flags};
+use crate::docker::Registry;
 use crate::enrich::{enrich_and_parse, format_for, Enricher};
 use crate::fingerprint::{fingerprint, FileKey, Head};
 use crate::metrics::{DecodeError, Metrics};
@@ -226,6 +227,8 @@ pub(crate) struct Tailer {
     last_scan: Option<Instant>,
     buf: Vec<u8>,
     enricher: Enricher,
+    /// The Docker registry version the open files' metadata was last refreshed at.
+    registry_version: u64,
     wakeups: Wakeups,
     metrics: Arc<Metrics>,
     tx: tokio::sync::mpsc::Sender<Sealed>,
@@ -241,9 +244,14 @@ impl Tailer {
         metrics: Arc<Metrics>,
         tx: tokio::sync::mpsc::Sender<Sealed>,
         stop: Arc<AtomicBool>,
+        registry: Arc<Registry>,
     ) -> Self {
         let mut by_key: HashMap<FileKey, Vec<(String, Entry)>> = HashMap::new();
-        for (fp, entry) in restored {
+        // Logs-API sources belong to the Docker followers, not to files.
+        let files = restored
+            .iter()
+            .filter(|(fp, _)| !fp.starts_with(crate::docker::FINGERPRINT_PREFIX));
+        for (fp, entry) in files {
             by_key
                 .entry(FileKey {
                     dev: entry.dev,
@@ -254,7 +262,8 @@ impl Tailer {
         }
         Tailer {
             wakeups: Wakeups::new(&s.include),
-            enricher: Enricher::new(s.labels_allowlist.clone()),
+            registry_version: registry.version(),
+            enricher: Enricher::new(s.labels_allowlist.clone(), registry),
             builder: BatchBuilder::new(s.host_name.clone()),
             buf: vec![0; s.read_buffer_bytes],
             s,
@@ -282,6 +291,7 @@ impl Tailer {
         info!(patterns = ?self.s.include, "Tailer started");
         while !self.stop.load(Relaxed) {
             let now = Instant::now();
+            self.refresh_metadata();
             let rescan = self.wakeups.take_rescan();
             if rescan
                 || self
@@ -318,6 +328,22 @@ impl Tailer {
         info!("Tailer stopped");
     }
 
+    /// Re-reads the container metadata of every open file when the Docker registry changed
+    /// (a container was renamed, or became known after its file was opened).
+    fn refresh_metadata(&mut self) {
+        let version = self.enricher.registry_version();
+        if version == self.registry_version {
+            return;
+        }
+        self.registry_version = version;
+        for f in self.files.values_mut() {
+            if let Some((container, kubernetes)) = self.enricher.refresh(&f.path) {
+                f.record.container = container;
+                f.record.kubernetes = kubernetes;
+            }
+        }
+    }
+
     /// Expands the globs: opens new files, notes paths and which files are still matched.
     fn scan(&mut self) {
         let found = discover(&self.s.include, &self.s.exclude);
@@ -335,6 +361,10 @@ impl Tailer {
                 }
                 continue;
             }
+            let Some((container, kubernetes)) = self.enricher.for_path(&path) else {
+                debug!(path = %path.display(), "Not tailing the log of an opted-out or filtered container");
+                continue;
+            };
             let file = match File::open(&path) {
                 Ok(file) => file,
                 Err(error) => {
@@ -352,7 +382,6 @@ impl Tailer {
             if let Some(dir) = path.parent() {
                 self.wakeups.watch(dir);
             }
-            let (container, kubernetes) = self.enricher.for_path(&path);
             let record = LogRecord {
                 log: LogMeta {
                     file: LogFile {

@@ -46,6 +46,11 @@ pub struct AggregatorConfig {
     /// Where queued batches go. Default `{ type = "local", retention_days = 7 }`.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// How long a container's series stay on `/metrics` after its last stats sample arrived;
+    /// then they are dropped (the container stopped, or its agent went away). Must be positive.
+    /// Default 60.
+    #[serde(default = "default_stats_grace_seconds")]
+    pub stats_grace_seconds: u64,
 }
 
 /// The sink that drains the durable queue.
@@ -99,6 +104,10 @@ const fn default_retry_after_seconds() -> u64 {
     1
 }
 
+const fn default_stats_grace_seconds() -> u64 {
+    60
+}
+
 const fn default_retention_days() -> u32 {
     7
 }
@@ -115,6 +124,7 @@ impl Default for AggregatorConfig {
             queue_segment_bytes: default_queue_segment_bytes(),
             retry_after_seconds: default_retry_after_seconds(),
             sink: SinkConfig::default(),
+            stats_grace_seconds: default_stats_grace_seconds(),
         }
     }
 }
@@ -202,6 +212,13 @@ impl AggregatorConfig {
                 "must be at least 1".into(),
             );
         }
+        if self.stats_grace_seconds == 0 {
+            bad(
+                "stats_grace_seconds",
+                "0".into(),
+                "must be at least 1".into(),
+            );
+        }
         if let SinkConfig::Local { retention_days } = self.sink {
             if retention_days == 0 {
                 bad(
@@ -227,6 +244,16 @@ mod tests {
         assert_eq!(config.max_body_bytes, 16 << 20);
         assert_eq!(config.sink, SinkConfig::Local { retention_days: 7 });
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn stats_grace_defaults_to_a_minute_and_must_be_positive() {
+        assert_eq!(AggregatorConfig::default().stats_grace_seconds, 60);
+        let config = AggregatorConfig {
+            stats_grace_seconds: 0,
+            ..Default::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "stats_grace_seconds");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod containers;
 mod local;
 mod metrics;
 mod queue;
@@ -106,7 +107,9 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         addr: config.listen,
         source,
     })?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_stats_grace(Duration::from_secs(
+        config.stats_grace_seconds,
+    )));
     let opened = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);

@@ -122,9 +122,19 @@ pub(crate) struct Metrics {
     pub(crate) sink_duplicates: AtomicU64,
     pub(crate) sink_duration: Histogram,
     sink_errors: [AtomicU64; SinkError::ALL.len()],
+    /// Latest container stats from the agents (cAdvisor series).
+    pub(crate) containers: crate::containers::Containers,
 }
 
 impl Metrics {
+    /// Metrics whose container series expire `grace` after their last sample.
+    pub(crate) fn with_stats_grace(grace: Duration) -> Self {
+        Metrics {
+            containers: crate::containers::Containers::new(grace),
+            ..Metrics::default()
+        }
+    }
+
     pub(crate) fn request(&self, code: u16) {
         match CODES.iter().position(|&c| c == code) {
             Some(i) => self.requests[i].fetch_add(1, Ordering::Relaxed),
@@ -255,6 +265,7 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        self.containers.render(&mut out);
         out
     }
 }

@@ -6,7 +6,8 @@
 //! thread, and answers 200 `{"accepted": N}` (N = log records + stats samples in the batch) only
 //! after the queue entry is fsynced. Every refusal is a JSON
 //! `{"error": "…"}` naming the problem (never the token) and is counted by reason. The server
-//! owns no data: it hands batches to the queue and reads the metrics.
+//! owns no data: it hands batches to the queue, their stats samples to the container
+//! metrics (after the queue took the batch), and reads the metrics.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -287,12 +288,14 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
             QueueError::Full { .. } => Reject::QueueFull,
             other => Reject::Io(format!("queueing the batch failed: {other}")),
         })?;
-        Ok((batch.logs.len(), batch.stats.len(), batch.data.len()))
+        Ok((batch.logs.len(), batch.stats, batch.data.len()))
     })
     .await
     .map_err(|e| Reject::Io(format!("queueing the batch failed: {e}")))?;
-    let (logs, stats, bytes) = queued?;
+    let (logs, samples, bytes) = queued?;
+    let stats = samples.len();
     let m = &ingest.metrics;
+    m.containers.observe(&samples);
     m.ingest_records.fetch_add(logs as u64, Ordering::Relaxed);
     m.ingest_stats_samples
         .fetch_add(stats as u64, Ordering::Relaxed);

@@ -156,6 +156,9 @@ rotate_wait_ms = 1000
 batch_max_age_ms = 200
 backoff_initial_ms = 50
 backoff_max_ms = 500
+# These tests carry files only: no Docker API followers or stats from other containers on the machine.
+docker_enabled = false
+stats_enabled = false
 {agent_extra}
 "#,
             port = self.agg_port,

@@ -177,6 +177,9 @@ pub fn config(dir: &Path, url: &str) -> AgentConfig {
         backoff_max_ms: 200,
         shutdown_timeout_ms: 2000,
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        // Tests that want the Docker engine or stats turn these on (see docker.rs, stats/).
+        docker_enabled: false,
+        stats_enabled: false,
         ..AgentConfig::default()
     }
 }

@@ -1,0 +1,467 @@
+//! Container metrics from the agents' stats samples: the latest value per (host, container id,
+//! metric), exposed on `/metrics` under cAdvisor's names with the labels `id`, `name`, `image`,
+//! `host` (plus `namespace`, `pod`, `container` when the sample carries them), so one Prometheus
+//! scrape of the aggregator sees every node.
+//!
+//! A container's series are dropped once no sample for it arrived for `stats_grace_seconds`
+//! (measured on this server's clock at arrival, so agents' clock skew does not matter); a
+//! metric missing from a newer sample keeps its last value until then. Types follow the names
+//! (`_total` is a counter, anything else a gauge); names that are not valid Prometheus metric
+//! names or not `container_*` are ignored, label values are escaped. The agent renders its own
+//! node's series the same way (`ferry_agent::stats::expose`); keep the two in step.
+//! This module keeps no history and never touches the queue or the sink.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferry_wire::StatsSample;
+
+/// How often, at most, ingest sweeps out expired containers (rendering always does).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Label values of one container's series, in output order.
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct Entry {
+    labels: Labels,
+    metrics: BTreeMap<String, f64>,
+    seen: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Keyed by (host, container id).
+    entries: HashMap<(String, String), Entry>,
+    last_sweep: Instant,
+}
+
+/// The latest stats of every container of every agent.
+#[derive(Debug)]
+pub(crate) struct Containers {
+    grace: Duration,
+    state: Mutex<State>,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Containers::new(Duration::from_secs(60))
+    }
+}
+
+impl Containers {
+    pub(crate) fn new(grace: Duration) -> Self {
+        Containers {
+            grace,
+            state: Mutex::new(State {
+                entries: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes the samples of one accepted batch.
+    pub(crate) fn observe(&self, samples: &[StatsSample]) {
+        self.observe_at(samples, Instant::now());
+    }
+
+    fn observe_at(&self, samples: &[StatsSample], now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        for sample in samples {
+            let id = sample.container.id.clone().unwrap_or_default();
+            let entry = state
+                .entries
+                .entry((sample.host.name.clone(), id))
+                .or_insert_with(|| Entry {
+                    labels: Vec::new(),
+                    metrics: BTreeMap::new(),
+                    seen: now,
+                });
+            entry.labels = labels(sample);
+            entry.seen = now;
+            for (name, value) in &sample.metrics {
+                if name.starts_with("container_") && valid_metric_name(name) {
+                    entry.metrics.insert(name.clone(), *value);
+                }
+            }
+        }
+        if now.saturating_duration_since(state.last_sweep) >= SWEEP_INTERVAL {
+            self.sweep(&mut state, now);
+        }
+    }
+
+    fn sweep(&self, state: &mut State, now: Instant) {
+        let grace = self.grace;
+        state
+            .entries
+            .retain(|_, e| now.saturating_duration_since(e.seen) < grace);
+        state.last_sweep = now;
+    }
+
+    /// Appends one family per metric name, one series per container that has it.
+    pub(crate) fn render(&self, out: &mut String) {
+        self.render_at(out, Instant::now());
+    }
+
+    fn render_at(&self, out: &mut String, now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        self.sweep(&mut state, now);
+        // Stable output: containers by (host, id), families by name.
+        let mut entries: Vec<_> = state.entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let names: BTreeSet<&str> = entries
+            .iter()
+            .flat_map(|(_, e)| e.metrics.keys().map(String::as_str))
+            .collect();
+        for name in names {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {}", help(name));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (_, entry) in &entries {
+                let Some(value) = entry.metrics.get(name) else {
+                    continue;
+                };
+                out.push_str(name);
+                out.push('{');
+                for (i, (label, v)) in entry.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(label);
+                    out.push_str("=\"");
+                    escape_label_value(out, v);
+                    out.push('"');
+                }
+                out.push_str("} ");
+                write_value(out, *value);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn labels(s: &StatsSample) -> Labels {
+    let c = &s.container;
+    let k = &s.kubernetes;
+    let mut labels = vec![
+        ("id", c.id.clone().unwrap_or_default()),
+        ("name", c.name.clone().unwrap_or_default()),
+        ("image", c.image.name.clone().unwrap_or_default()),
+        ("host", s.host.name.clone()),
+    ];
+    for (label, value) in [
+        ("namespace", &k.namespace),
+        ("pod", &k.pod.name),
+        ("container", &k.container.name),
+    ] {
+        if let Some(v) = value {
+            labels.push((label, v.clone()));
+        }
+    }
+    labels
+}
+
+/// cAdvisor's HELP texts for the metrics ferry's agent sends.
+fn help(name: &str) -> &'static str {
+    match name {
+        "container_cpu_usage_seconds_total" => "Cumulative cpu time consumed in seconds.",
+        "container_cpu_user_seconds_total" => "Cumulative user cpu time consumed in seconds.",
+        "container_cpu_system_seconds_total" => "Cumulative system cpu time consumed in seconds.",
+        "container_cpu_cfs_periods_total" => "Number of elapsed enforcement period intervals.",
+        "container_cpu_cfs_throttled_periods_total" => "Number of throttled period intervals.",
+        "container_cpu_cfs_throttled_seconds_total" => {
+            "Total time duration the container has been throttled."
+        }
+        "container_spec_cpu_shares" => "CPU share of the container.",
+        "container_spec_cpu_quota" => "CPU quota of the container.",
+        "container_spec_cpu_period" => "CPU period of the container.",
+        "container_memory_usage_bytes" => {
+            "Current memory usage in bytes, including all memory regardless of when it was accessed."
+        }
+        "container_memory_working_set_bytes" => "Current working set in bytes.",
+        "container_memory_rss" => "Size of RSS in bytes.",
+        "container_memory_cache" => "Number of bytes of page cache memory.",
+        "container_memory_swap" => "Container swap usage in bytes.",
+        "container_memory_mapped_file" => "Size of memory mapped files in bytes.",
+        "container_memory_max_usage_bytes" => "Maximum memory usage recorded in bytes.",
+        "container_spec_memory_limit_bytes" => "Memory limit for the container (0 when unlimited).",
+        "container_oom_events_total" => "Count of out of memory events observed for the container.",
+        "container_fs_reads_bytes_total" => "Cumulative count of bytes read.",
+        "container_fs_writes_bytes_total" => "Cumulative count of bytes written.",
+        "container_fs_reads_total" => "Cumulative count of reads completed.",
+        "container_fs_writes_total" => "Cumulative count of writes completed.",
+        "container_processes" => "Number of processes running inside the container.",
+        "container_threads" => "Number of threads running inside the container.",
+        "container_threads_max" => {
+            "Maximum number of threads allowed inside the container, infinity if value is zero."
+        }
+        "container_network_receive_bytes_total" => "Cumulative count of bytes received.",
+        "container_network_receive_packets_total" => "Cumulative count of packets received.",
+        "container_network_receive_errors_total" => {
+            "Cumulative count of errors encountered while receiving."
+        }
+        "container_network_receive_packets_dropped_total" => {
+            "Cumulative count of packets dropped while receiving."
+        }
+        "container_network_transmit_bytes_total" => "Cumulative count of bytes transmitted.",
+        "container_network_transmit_packets_total" => "Cumulative count of packets transmitted.",
+        "container_network_transmit_errors_total" => {
+            "Cumulative count of errors encountered while transmitting."
+        }
+        "container_network_transmit_packets_dropped_total" => {
+            "Cumulative count of packets dropped while transmitting."
+        }
+        _ => "Container metric reported by ferry agents.",
+    }
+}
+
+/// Text-format escaping of a label value: backslash, double quote and line feed.
+fn escape_label_value(out: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(host: &str, id: &str, metrics: &[(&str, f64)]) -> StatsSample {
+        let mut s = StatsSample {
+            timestamp: "2024-05-01T12:00:00.000Z".into(),
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..StatsSample::default()
+        };
+        s.host.name = host.into();
+        s.container.id = Some(id.into());
+        s
+    }
+
+    #[test]
+    fn keeps_the_latest_value_per_host_container_and_metric() {
+        let c = Containers::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        c.observe_at(
+            &[
+                sample("a", "1", &[("container_memory_usage_bytes", 10.0)]),
+                sample("b", "1", &[("container_memory_usage_bytes", 20.0)]),
+            ],
+            t0,
+        );
+        c.observe_at(
+            &[sample(
+                "a",
+                "1",
+                &[
+                    ("container_memory_usage_bytes", 11.0),
+                    ("container_cpu_usage_seconds_total", 1.5),
+                    ("not_a_container_metric", 1.0),
+                    ("container bad", 1.0),
+                ],
+            )],
+            t0,
+        );
+        let mut out = String::new();
+        c.render_at(&mut out, t0);
+        assert_eq!(
+            out,
+            "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n\
+             # TYPE container_cpu_usage_seconds_total counter\n\
+             container_cpu_usage_seconds_total{id=\"1\",name=\"\",image=\"\",host=\"a\"} 1.5\n\
+             # HELP container_memory_usage_bytes Current memory usage in bytes, including all memory regardless of when it was accessed.\n\
+             # TYPE container_memory_usage_bytes gauge\n\
+             container_memory_usage_bytes{id=\"1\",name=\"\",image=\"\",host=\"a\"} 11\n\
+             container_memory_usage_bytes{id=\"1\",name=\"\",image=\"\",host=\"b\"} 20\n"
+        );
+    }
+
+    #[test]
+    fn drops_a_container_after_the_grace_period() {
+        let c = Containers::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        c.observe_at(&[sample("a", "old", &[("container_threads", 1.0)])], t0);
+        c.observe_at(
+            &[sample("a", "new", &[("container_threads", 2.0)])],
+            t0 + Duration::from_secs(8),
+        );
+        let mut out = String::new();
+        c.render_at(&mut out, t0 + Duration::from_secs(11));
+        assert!(!out.contains("id=\"old\""), "{out}");
+        assert!(out.contains("id=\"new\""), "{out}");
+        let mut out = String::new();
+        c.render_at(&mut out, t0 + Duration::from_secs(19));
+        assert_eq!(out, "", "no samples, no families");
+    }
+
+    #[test]
+    fn escapes_label_values_and_adds_kubernetes_labels() {
+        let c = Containers::default();
+        let mut s = sample("h\\1", "x", &[("container_threads", 1.0)]);
+        s.container.name = Some("a\"b\nc".into());
+        s.kubernetes.namespace = Some("ns".into());
+        c.observe(&[s]);
+        let mut out = String::new();
+        c.render(&mut out);
+        assert!(
+            out.contains(
+                "container_threads{id=\"x\",name=\"a\\\"b\\nc\",image=\"\",host=\"h\\\\1\",namespace=\"ns\"} 1\n"
+            ),
+            "{out}"
+        );
+    }
+}
+
+/// Through the real server: ingest → `/metrics` → expiry, and promtool reads the page.
+#[cfg(test)]
+mod server_tests {
+    use std::time::{Duration, Instant};
+
+    use ferry_wire::{BatchBuilder, Compression};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::tests::sample;
+    use crate::{start, AggregatorConfig, AggregatorHandle};
+
+    async fn request(handle: &AggregatorHandle, head: &str, body: &[u8]) -> String {
+        let mut stream = TcpStream::connect(handle.local_addr()).await.unwrap();
+        let mut req = format!(
+            "{head}\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        stream.write_all(&req).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    }
+
+    fn promtool_check(text: &str) -> Option<(bool, String)> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let Ok(mut child) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not installed; skipping the exposition check");
+            return None;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Some((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingested_stats_appear_on_metrics_and_expire_after_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = start(AggregatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            stats_grace_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut builder = BatchBuilder::new("node-1");
+        let mut named = sample(
+            "node-1",
+            "abc",
+            &[
+                ("container_cpu_usage_seconds_total", 12.5),
+                ("container_memory_working_set_bytes", 1048576.0),
+                ("container_spec_memory_limit_bytes", 0.0),
+                ("container_network_receive_bytes_total", 300.0),
+            ],
+        );
+        named.container.name = Some("web \"1\"".into());
+        named.container.image.name = Some("nginx:1.25".into());
+        builder.push_stats(&named);
+        builder.push_stats(&sample(
+            "node-2",
+            "def",
+            &[("container_cpu_usage_seconds_total", 1.0)],
+        ));
+        let batch = builder.finish(Compression::Gzip { level: 1 });
+        let reply = request(
+            &handle,
+            "POST /v1/batches HTTP/1.1\r\nContent-Encoding: gzip",
+            &batch.body,
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let page = handle.render_metrics();
+        let served = request(&handle, "GET /metrics HTTP/1.1", b"").await;
+        assert!(served.contains("container_cpu_usage_seconds_total{id=\"abc\""));
+        for line in [
+            "# TYPE container_cpu_usage_seconds_total counter\n",
+            "# TYPE container_memory_working_set_bytes gauge\n",
+            "# TYPE container_network_receive_bytes_total counter\n",
+            "container_cpu_usage_seconds_total{id=\"abc\",name=\"web \\\"1\\\"\",image=\"nginx:1.25\",host=\"node-1\"} 12.5\n",
+            "container_cpu_usage_seconds_total{id=\"def\",name=\"\",image=\"\",host=\"node-2\"} 1\n",
+            "container_memory_working_set_bytes{id=\"abc\",name=\"web \\\"1\\\"\",image=\"nginx:1.25\",host=\"node-1\"} 1048576\n",
+            "container_spec_memory_limit_bytes{id=\"abc\",name=\"web \\\"1\\\"\",image=\"nginx:1.25\",host=\"node-1\"} 0\n",
+        ] {
+            assert!(page.contains(line), "missing {line:?} in\n{page}");
+        }
+        if let Some((ok, report)) = promtool_check(&page) {
+            assert!(ok, "promtool: {report}\n{page}");
+        }
+        // No sample for longer than the grace period: the series go.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.render_metrics().contains("container_") {
+            assert!(Instant::now() < deadline, "series still there after grace");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        handle.shutdown().await;
+    }
+}
