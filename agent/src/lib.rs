@@ -7,9 +7,9 @@
 //! Delivery is at-least-once with deterministic ids: every record's `event.id` is a hash of its
 //! source fingerprint and byte offset, and records of one fingerprint leave in strictly increasing
 //! offset order, one batch in flight at a time, so the aggregator can drop replays by id or by a
-//! per-source high-water mark. Docker API discovery and container metadata live in `docker`
-//! (see its module doc). What this crate does not do (yet): rule-based parsing, which plugs in at
-//! `enrich::enrich_and_parse`.
+//! per-source high-water mark. Docker API discovery and container metadata live in `docker`,
+//! cgroup stats in `stats` (each interval's samples travel as their own batch through the same
+//! forwarder); message parsing plugs in at `enrich::enrich_and_parse`.
 #![forbid(unsafe_code)]
 
 mod checkpoint;
@@ -133,8 +133,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         }
     }
     if config.stats_enabled {
+        let mut settings = stats::Settings::from_config(&config);
+        settings.registry = config.docker_enabled.then(|| registry.clone());
         tokio::spawn(stats::run(
-            stats::Settings::from_config(&config),
+            settings,
             stats_targets.clone(),
             metrics.clone(),
             tx.clone(),

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::config::AgentConfig;
+use crate::docker::Registry;
 use crate::metrics::Metrics;
 use crate::tailer::Sealed;
 
@@ -104,6 +105,9 @@ pub(crate) struct Settings {
     pub proc_root: PathBuf,
     pub host: String,
     pub compression: Compression,
+    /// Container metadata for the samples (name, image, labels, `kubernetes.*`), when Docker
+    /// discovery runs.
+    pub registry: Option<Arc<Registry>>,
 }
 
 impl Settings {
@@ -114,6 +118,7 @@ impl Settings {
             proc_root: config.stats_proc_root.clone(),
             host: config.host_name.clone(),
             compression: config.wire_compression(),
+            registry: None,
         }
     }
 }
@@ -126,6 +131,7 @@ pub(crate) struct Collector {
     reader: Reader,
     /// Network namespaces whose counters are not a container's own (the agent's and PID 1's).
     shared_netns: Vec<String>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl Collector {
@@ -140,7 +146,14 @@ impl Collector {
             mounts: Mounts::scan(cgroup_root),
             reader: Reader::default(),
             shared_netns,
+            registry: None,
         }
+    }
+
+    /// Samples get their metadata from `registry`.
+    pub fn with_registry(mut self, registry: Option<Arc<Registry>>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// One sample per target that still exists.
@@ -208,10 +221,13 @@ impl Collector {
         Some(sample)
     }
 
-    /// Hook for container metadata (`container.name`, `container.image.name`, `kubernetes.*`):
-    /// the registry fills these in once discovery is wired. Today it leaves the sample as is,
-    /// so `name` and `image` are empty on `/metrics`.
-    fn enrich_sample(&self, _sample: &mut StatsSample) {}
+    /// Container metadata (`container.name`, `container.image.name`, allowlisted labels,
+    /// `kubernetes.*`) from the discovery registry; without Docker discovery only the id is known.
+    fn enrich_sample(&self, sample: &mut StatsSample) {
+        if let (Some(registry), Some(id)) = (&self.registry, sample.container.id.clone()) {
+            registry.enrich(&id, &mut sample.container, &mut sample.kubernetes);
+        }
+    }
 }
 
 /// Runs passes every `interval` until `shutdown` turns true, sending each pass as one batch.
@@ -227,11 +243,10 @@ pub(crate) async fn run(
         let _ = shutdown.wait_for(|&stop| stop).await.map(drop);
     };
     tokio::pin!(stop);
-    let mut collector = Some(Collector::new(
-        &settings.cgroup_root,
-        &settings.proc_root,
-        &settings.host,
-    ));
+    let mut collector = Some(
+        Collector::new(&settings.cgroup_root, &settings.proc_root, &settings.host)
+            .with_registry(settings.registry.clone()),
+    );
     let mut builder = BatchBuilder::new(settings.host.clone());
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -169,6 +169,7 @@ async fn working_set_and_cpu_rise_within_two_intervals_and_agree_with_docker() {
             proc_root: "/proc".into(),
             host: "test-node".into(),
             compression: Compression::Gzip { level: 1 },
+            registry: None,
         },
         Arc::new(Mutex::new(Box::new(move || vec![target.clone()]))),
         metrics.clone(),
