@@ -8,9 +8,11 @@
 //! (`event`, `log`, `container`, `kubernetes`, `host`, `stream`), which are kept under `json.*` so
 //! they can never break the index mapping.
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use ferry_wire::LogRecord;
 use serde_json::{Map, Value};
+
+use crate::time::{epoch_to_time, replace_timestamp};
 
 const RESERVED: &[&str] = &["event", "log", "container", "kubernetes", "host", "stream"];
 
@@ -76,26 +78,14 @@ fn set_time(record: &mut LogRecord, value: &Value) -> bool {
         Value::String(s) => DateTime::parse_from_rfc3339(s)
             .ok()
             .map(|t| t.with_timezone(&Utc)),
-        Value::Number(n) => n.as_f64().and_then(epoch_to_time),
+        Value::Number(n) => n.as_f64().and_then(|v| epoch_to_time(v, false)),
         _ => None,
     };
     let Some(time) = parsed else {
         return false;
     };
-    if record.event.created.is_none() {
-        record.event.created = Some(std::mem::take(&mut record.timestamp));
-    }
-    record.timestamp = time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    replace_timestamp(&mut record.timestamp, &mut record.event.created, time);
     true
-}
-
-/// Epoch seconds (with fraction) or milliseconds, told apart by magnitude.
-fn epoch_to_time(value: f64) -> Option<DateTime<Utc>> {
-    if !value.is_finite() || value < 0.0 {
-        return None;
-    }
-    let millis = if value > 1e11 { value } else { value * 1000.0 };
-    Utc.timestamp_millis_opt(millis as i64).single()
 }
 
 #[cfg(test)]

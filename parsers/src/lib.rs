@@ -1,18 +1,67 @@
-//! Turns a log record's message into structured fields.
+//! Turns a log record's message into structured fields: regex rules, the built-in rule library,
+//! multiline joining, JSON auto-detect. A parser never drops a record: on a miss the message is
+//! kept as it was and `parse.error`/`parse.rule` say why.
 //!
-//! Today this crate knows two parsers: JSON auto-detect (a message that is a JSON object is merged
-//! into the record, with the usual keys recognised) and raw pass-through. The regex rule engine and
-//! the built-in rule library build on this. A parser never drops a record: on a miss the message is
-//! kept as it was.
+//! # Choosing the rules for a container ([`RuleSet::select`])
+//! 1. the `ferry.parser=<rule>[,<rule>…]` label (passed in by the agent);
+//! 2. else every rule whose `image` globs / `image_regex` match the container image, in order
+//!    (the nginx image gets `nginx_access,nginx_error`: access lines on stdout, errors on stderr);
+//! 3. else auto-detection: JSON objects (`parse_json_message`), then the rules marked
+//!    `auto = true` (prefiltered with one `RegexSet`), then the raw message.
+//!
+//! A miss with an explicit or image rule keeps the raw message and sets
+//! `parse = {error, rule}`; a hit sets no `parse.*` at all (unless a value failed to convert,
+//! e.g. a time in none of the formats: then the other fields are kept, `@timestamp` stays the
+//! read time, and `parse.error` says `timestamp …`). A multiline rule's pattern applies to
+//! joined events; single lines of such a container go through auto-detection without error.
+//!
+//! # Rule files (`parsers/rules/*.toml`, plus directories given at load)
+//! ```toml
+//! [[rule]]
+//! name = "redis"                       # unique; used by the label and in parse.rule
+//! description = "Redis server log"
+//! image = ["redis", "valkey"]          # globs; without `/` they match the repository name
+//! auto = true                          # try on containers without an explicit/image rule
+//! pattern = '^(?P<pid>\d+):(?P<role>[XCSM]) (?P<time>\d{1,2} \w{3} \d{4} [\d:.]+) (?P<level>[.*#-]) (?P<message>.*)$'
+//! null_values = ["-", ""]              # the default: such captures are absent
+//!
+//! [rule.captures]
+//! pid = { field = "process.pid", type = "int" }
+//! role = { field = "redis.log.role", map = { M = "master", S = "replica" } }
+//! time = { field = "@timestamp", type = "timestamp", formats = ["%d %b %Y %H:%M:%S%.f"] }
+//! level = { field = "log.level", map = { "." = "debug", "*" = "info", "#" = "warn" } }
+//! message = "message"                  # shorthand for a string field
+//! ```
+//! Types: `string` (default; `unescape = true` undoes `\"`/`\xHH`), `int`, `float`, `bool`,
+//! `ip` (validated, kept as text), `timestamp` (`formats`: strftime patterns, `rfc3339`,
+//! `epoch_seconds`, `epoch_millis`, `epoch`; no offset = UTC; no year = the read time's year),
+//! `syslog_pri` (`log.syslog.*` from `<PRI>`), `kv` (logfmt pairs → fields). A `[rule.multiline]`
+//! block ([`MultilineConfig`]) makes the agent join lines before the pattern runs.
+//!
+//! # Hot path
+//! Rules compile once at load. [`Selection::apply`] reuses capture locations from a [`Scratch`]
+//! and allocates only the output values; the message is cut down in place when a capture
+//! becomes `message`.
 #![forbid(unsafe_code)]
 
+mod field;
 mod json;
+mod multiline;
+mod ops;
+mod rule;
+mod set;
+mod time;
 
-pub use json::parse_json_message;
+pub use json::{normalise_level, parse_json_message};
+pub use multiline::{Joined, Line, Multiline, MultilineConfig, MultilineJoiner, Pushed};
+pub use ops::{check_rule_files, flatten_record, parse_lines, ParseLinesError, ParseSummary};
+pub use rule::{RuleError, RuleErrorKind};
+pub use set::{Chosen, Outcome, RuleSet, Scratch, Selection};
 
 use ferry_wire::LogRecord;
 
-/// How the agent treats a record's message.
+/// How the agent treats a record's message when it has no [`RuleSet`] (kept for the agent's
+/// current hook; [`Selection::apply`] supersedes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Parser {
     /// Leave the message as it is.

@@ -1,0 +1,258 @@
+//! Parsing throughput per built-in rule, with realistic inputs.
+//!
+//! - `rule/<name>`: the rule chosen explicitly, over its corpus (`rules/corpus/<name>.txt`)
+//!   repeated; for `nginx_access`, lines generated like the reference workload
+//!   (shared/bench/gen_nginx_logs.py: ~5 % IPv6 clients, real user agents, query strings,
+//!   probes and scanners, 77 % status 200).
+//! - `reference/10_captures`: the exact 10-capture pattern of shared/bench/README.md,
+//!   `captures_read` only, over the same nginx lines, so figures compare with the peers'.
+//! - `auto/nginx`: the same lines through auto-detection (JSON check, `RegexSet`, rule).
+//! - `multiline/<name>`: joiner + rule over the multiline corpora.
+//!
+//! Each measures the whole per-record work: message in, fields out, record reused. Throughput is
+//! bytes of input; lines/s = bytes/s ÷ the mean line length printed at start.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ferry_parsers::{Line, RuleSet, Scratch, Selection};
+use ferry_wire::LogRecord;
+
+const READ_TIME: &str = "2026-11-28T12:00:00Z";
+
+const REFERENCE: &str = r#"^(?P<remote>[^ ]*) [^ ]* (?P<user>[^ ]*) \[(?P<time>[^\]]*)\] "(?P<method>\S+) (?P<path>[^ "]*) (?P<protocol>[^"]*)" (?P<code>[^ ]*) (?P<size>[^ ]*) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)"$"#;
+
+/// nginx combined lines shaped like the reference workload's.
+fn nginx_lines(n: usize) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let firsts = [
+        10, 31, 45, 62, 66, 77, 81, 89, 91, 93, 104, 141, 172, 185, 192, 212,
+    ];
+    let agents = [
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/121.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Safari/605.1.15",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1",
+        "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "curl/8.4.0",
+        "python-requests/2.31.0",
+        "okhttp/4.12.0",
+    ];
+    let slugs = [
+        "blue-widget",
+        "summer-sale",
+        "usb-c-cable",
+        "desk-lamp",
+        "yoga-mat",
+    ];
+    (0..n)
+        .map(|i| {
+            let ip = if rng.u8(..100) < 5 {
+                format!("2001:db8:{:x}:{:x}::{:x}", rng.u16(..), rng.u16(..), rng.u16(1..))
+            } else {
+                format!("{}.{}.{}.{}", firsts[rng.usize(..firsts.len())], rng.u8(..), rng.u8(..), rng.u8(1..255))
+            };
+            let user = if rng.u8(..100) < 3 { "alice" } else { "-" };
+            let (method, path, probe) = match rng.u8(..100) {
+                0..=29 => ("GET", format!("/static/js/app.{:06x}.js", rng.u32(..1 << 24)), false),
+                30..=61 => {
+                    let m = ["GET", "GET", "GET", "POST", "PUT"][rng.usize(..5)];
+                    (m, format!("/api/v1/users/{}/orders?page={}&limit=20", rng.u32(1..2_000_000), rng.u8(1..30)), false)
+                }
+                62..=89 => ("GET", format!("/products/{}-{}", slugs[rng.usize(..slugs.len())], rng.u16(1..20000)), false),
+                90..=96 => ("GET", "/healthz".to_owned(), true),
+                _ => ("GET", "/wp-login.php".to_owned(), false),
+            };
+            let status = [200, 200, 200, 200, 200, 200, 200, 304, 404, 201, 302, 500][rng.usize(..12)];
+            let size = if status == 304 { 0 } else { rng.u32(100..60000) };
+            let (referer, agent) = if probe {
+                ("-".to_owned(), "kube-probe/1.29")
+            } else if rng.bool() {
+                (format!("https://shop.example.com/products/{}-{}", slugs[rng.usize(..slugs.len())], rng.u16(1..20000)), agents[rng.usize(..agents.len())])
+            } else {
+                ("-".to_owned(), agents[rng.usize(..agents.len())])
+            };
+            let proto = ["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/2.0"][rng.usize(..4)];
+            let secs = i / 2000;
+            format!(
+                r#"{ip} - {user} [21/Aug/2026:{:02}:{:02}:{:02} +0000] "{method} {path} {proto}" {status} {size} "{referer}" "{agent}""#,
+                secs / 3600 % 24,
+                secs / 60 % 60,
+                secs % 60
+            )
+        })
+        .collect()
+}
+
+fn corpus(name: &str) -> String {
+    let path = format!("{}/rules/corpus/{name}.txt", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn bytes(lines: &[String]) -> u64 {
+    lines.iter().map(|l| l.len() as u64 + 1).sum()
+}
+
+fn run(selection: &Selection, lines: &[String], record: &mut LogRecord, scratch: &mut Scratch) {
+    for line in lines {
+        record.message.clear();
+        record.message.push_str(line);
+        record.fields.clear();
+        record.log.level = None;
+        record.event.created = None;
+        record.timestamp.clear();
+        record.timestamp.push_str(READ_TIME);
+        selection.apply(record, scratch);
+    }
+}
+
+fn note(name: &str, lines: &[String]) {
+    eprintln!(
+        "{name}: {} lines, mean {:.1} B/line",
+        lines.len(),
+        bytes(lines) as f64 / lines.len() as f64
+    );
+}
+
+fn single_line_rules(c: &mut Criterion) {
+    let set = RuleSet::builtin();
+    let mut group = c.benchmark_group("rule");
+    let nginx = nginx_lines(5000);
+    let mut inputs: Vec<(String, Vec<String>)> = vec![("nginx_access".into(), nginx)];
+    for name in [
+        "nginx_error",
+        "apache_access",
+        "apache_error",
+        "syslog_rfc3164",
+        "syslog_rfc5424",
+        "logfmt",
+        "klog",
+        "postgresql",
+        "redis",
+    ] {
+        let text = corpus(name);
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        // Repeat the corpus to ~200 KiB so a batch is not all in L1.
+        let reps = (200 * 1024 / bytes(&lines) as usize).max(1);
+        inputs.push((
+            name.into(),
+            lines
+                .iter()
+                .cycle()
+                .take(lines.len() * reps)
+                .cloned()
+                .collect(),
+        ));
+    }
+    for (name, lines) in &inputs {
+        note(name, lines);
+        let selection = set.select(Some(name), None);
+        let mut record = LogRecord::default();
+        let mut scratch = Scratch::new();
+        group.throughput(Throughput::Bytes(bytes(lines)));
+        group.bench_with_input(BenchmarkId::from_parameter(name), lines, |b, lines| {
+            b.iter(|| run(&selection, lines, &mut record, &mut scratch))
+        });
+    }
+    group.finish();
+}
+
+fn reference_and_auto(c: &mut Criterion) {
+    let lines = nginx_lines(5000);
+    let mut group = c.benchmark_group("reference");
+    group.throughput(Throughput::Bytes(bytes(&lines)));
+    let re = regex::Regex::new(REFERENCE).unwrap();
+    let mut locs = re.capture_locations();
+    group.bench_function("10_captures", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for line in &lines {
+                if re.captures_read(&mut locs, line).is_some() {
+                    n += locs.get(10).map_or(0, |(s, _)| s);
+                }
+            }
+            n
+        })
+    });
+    // The built-in nginx_access pattern alone (captures only, no field building).
+    let rules: toml::Table = toml::from_str(include_str!("../rules/nginx.toml")).unwrap();
+    let pattern = rules["rule"][0]["pattern"].as_str().unwrap();
+    let re = regex::Regex::new(pattern).unwrap();
+    let mut locs = re.capture_locations();
+    group.bench_function("nginx_access_pattern", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for line in &lines {
+                if re.captures_read(&mut locs, line).is_some() {
+                    n += locs.get(1).map_or(0, |(_, e)| e);
+                }
+            }
+            n
+        })
+    });
+    group.finish();
+
+    let set = RuleSet::builtin();
+    let mut group = c.benchmark_group("auto");
+    group.throughput(Throughput::Bytes(bytes(&lines)));
+    let selection = set.select(None, None);
+    let mut record = LogRecord::default();
+    let mut scratch = Scratch::new();
+    group.bench_function("nginx", |b| {
+        b.iter(|| run(&selection, &lines, &mut record, &mut scratch))
+    });
+    group.finish();
+}
+
+fn multiline_rules(c: &mut Criterion) {
+    let set = RuleSet::builtin();
+    let mut group = c.benchmark_group("multiline");
+    for name in ["go_panic", "java_exception", "python_traceback"] {
+        let text = corpus(name).repeat(50);
+        let selection = set.select(Some(name), None);
+        let mut scratch = Scratch::new();
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut joiner = selection.joiner().unwrap();
+                let at = Instant::now();
+                let mut events = 0;
+                let mut parse = |text: String| {
+                    let mut record = LogRecord {
+                        timestamp: READ_TIME.into(),
+                        message: text,
+                        ..Default::default()
+                    };
+                    selection.apply(&mut record, &mut scratch);
+                    events += 1;
+                };
+                for (i, line) in text.lines().enumerate() {
+                    let line = Line {
+                        text: line.to_owned(),
+                        offset: i as u64,
+                        at,
+                    };
+                    for joined in joiner.push(line) {
+                        parse(joined.text);
+                    }
+                }
+                if let Some(joined) = joiner.flush() {
+                    parse(joined.text);
+                }
+                events
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = single_line_rules, reference_and_auto, multiline_rules
+}
+criterion_main!(benches);
