@@ -95,6 +95,8 @@ pub enum Flag {
     Joined,
     /// The file ended (deleted, rotated away or truncated) inside a partial record.
     Incomplete,
+    /// Several lines (a stack trace, a multi-line message) were joined by a multiline rule.
+    Multiline,
 }
 
 /// `container.*`
