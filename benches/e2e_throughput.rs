@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE] [--sink discard|local]
-//!                                        [--compression gzip|none] [--format docker|plain]
+//!                                        [--compression zstd|gzip|none] [--format docker|plain]
+//!                                        [--parser RULE] [--floor]
 //! ```
 //! Prints MiB/s, lines/s, CPU seconds per GiB and peak RSS of each process. A measurement, never
 //! a pass/fail threshold.
@@ -24,6 +25,8 @@ struct Args {
     sink: String,
     compression: String,
     format: String,
+    parser: Option<String>,
+    floor: bool,
 }
 
 fn parse_args() -> Args {
@@ -33,6 +36,8 @@ fn parse_args() -> Args {
         sink: "discard".into(),
         compression: "zstd".into(),
         format: "docker".into(),
+        parser: None,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +48,8 @@ fn parse_args() -> Args {
             "--sink" => a.sink = value(),
             "--compression" => a.compression = value(),
             "--format" => a.format = value(),
+            "--parser" => a.parser = Some(value()),
+            "--floor" => a.floor = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -119,10 +126,13 @@ fn main() {
     } else {
         "plain"
     };
-    let agent_extra = format!(
+    let mut agent_extra = format!(
         "format = \"{format}\"\ncompression = \"{}\"\n",
         args.compression
     );
+    if let Some(rule) = &args.parser {
+        agent_extra.push_str(&format!("parser = \"{rule}\"\n"));
+    }
     let config = w.config(
         &agent_extra,
         &format!("sink = {{ type = \"{}\" }}\n", args.sink),
@@ -165,8 +175,10 @@ fn main() {
     let gib = size as f64 / (1u64 << 30) as f64;
     let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
     println!(
-        "e2e throughput ({format} log → agent → aggregator, {} sink, {}):",
-        args.sink, args.compression
+        "e2e throughput ({format} log → agent (parser: {}) → aggregator, {} sink, {}):",
+        args.parser.as_deref().unwrap_or("json auto-detect only"),
+        args.sink,
+        args.compression
     );
     println!(
         "  input          {:.1} MiB, {lines} lines",
@@ -188,6 +200,40 @@ fn main() {
         g_cpu / gib,
         g_rss as f64 / 1048576.0
     );
+    if args.floor {
+        let cpu = grep_floor(&file);
+        println!(
+            "  floor          LC_ALL=C grep -cE (reference pattern): {cpu:.2} CPU-s, {:.0} MiB/s of CPU",
+            size as f64 / 1048576.0 / cpu
+        );
+    }
+}
+
+/// The reference workload's pattern without captures (its `nginx.ere`), for the grep floor.
+const NGINX_ERE: &str =
+    r#"^[^ ]* [^ ]* [^ ]* \[[^]]*\] "[^ ]+ [^ "]* [^"]*" [^ ]* [^ ]* "[^"]*" "[^"]*"$"#;
+
+/// CPU seconds (user + system) of `LC_ALL=C grep -cE` over `file`, from bash's `times`.
+fn grep_floor(file: &std::path::Path) -> f64 {
+    let script = "LC_ALL=C grep -cE \"$1\" \"$2\" >/dev/null; times";
+    let out = Command::new("bash")
+        .args(["-c", script, "floor", NGINX_ERE])
+        .arg(file)
+        .output()
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Second line of `times`: children's user and system time, e.g. `0m3.512s 0m0.310s`.
+    let seconds = |t: &str| -> f64 {
+        let (m, s) = t
+            .trim_end_matches('s')
+            .split_once('m')
+            .unwrap_or(("0", "0"));
+        m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0)
+    };
+    text.lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().map(seconds).sum())
+        .unwrap_or(f64::NAN)
 }
 
 /// Number of lines and the first byte of `path`, read in 1 MiB chunks.

@@ -29,7 +29,25 @@ pub fn load(path: &Path) -> anyhow::Result<FerryConfig> {
     parse(path).map_err(|p| anyhow::anyhow!(p))
 }
 
-/// Every problem in the file at `path`, each as one line starting with the file name.
+/// Every problem in `path`, which may be a configuration file, a rule file (one with `[[rule]]`
+/// tables) or a directory of rule files; each problem is one line naming the file.
+pub fn check_any(path: &Path) -> Vec<String> {
+    let is_rules = path.is_dir()
+        || std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .is_some_and(|table| table.contains_key("rule"));
+    if is_rules {
+        ferry_parsers::check_rule_files(&[path.to_path_buf()])
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    } else {
+        check(path)
+    }
+}
+
+/// Every problem in the configuration file at `path`, each as one line starting with the file name.
 pub fn check(path: &Path) -> Vec<String> {
     let config = match parse(path) {
         Ok(c) => c,

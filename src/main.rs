@@ -56,11 +56,22 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Validate configuration files and report every problem with its location.
+    /// Validate configuration files, rule files and rule directories; report every problem with its location.
     Check {
-        /// Files to check.
+        /// Configuration files (`[agent]`/`[aggregator]`), rule files (`[[rule]]`) or directories of rule files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run a parsing rule over sample lines and print one JSON object per event.
+    Parse {
+        /// Rule name (or several, comma-separated, as in the `ferry.parser` label).
+        #[arg(long)]
+        rule: String,
+        /// Extra rule files or directories, loaded before the built-in rules.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// Input file; standard input when absent.
+        file: Option<PathBuf>,
     },
 }
 
@@ -165,10 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {lines} lines to {}", out.display());
         }
+        Command::Parse { rule, rules, file } => return parse(&rule, &rules, file.as_deref()),
         Command::Check { files } => {
             let mut bad = 0;
             for file in &files {
-                let problems = config::check(file);
+                let problems = config::check_any(file);
                 if problems.is_empty() {
                     println!("{}: ok", file.display());
                 } else {
@@ -210,6 +222,36 @@ async fn shutdown_signal() {
         } => {}
     }
     tracing::info!("Shutting down");
+}
+
+fn parse(
+    rule: &str,
+    rules: &[PathBuf],
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let set = ferry_parsers::RuleSet::load(rules, true).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("the rules do not load:\n{}", lines.join("\n"))
+    })?;
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::new(stdout.lock());
+    let summary = match file {
+        Some(path) => {
+            let input = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            ferry_parsers::parse_lines(&set, rule, std::io::BufReader::new(input), out, None)?
+        }
+        None => ferry_parsers::parse_lines(&set, rule, std::io::stdin().lock(), out, None)?,
+    };
+    eprintln!(
+        "{} lines, {} events, {} not matched by `{rule}`",
+        summary.lines, summary.events, summary.missed
+    );
+    Ok(if summary.missed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {

@@ -4,5 +4,6 @@
 mod bad_input;
 mod crash;
 mod pipeline;
+mod rules;
 mod util;
 mod workload;
