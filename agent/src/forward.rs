@@ -283,11 +283,17 @@ impl Forwarder {
                         queue.push_front(a);
                     }
                     None => {
-                        self.dead_letter(&batch, "413 Payload Too Large for a single record")
-                            .await
+                        let reason = "413 Payload Too Large for a single record";
+                        if !self.dead_letter(&batch, reason).await {
+                            return false;
+                        }
                     }
                 },
-                Outcome::Rejected(reason) => self.dead_letter(&batch, &reason).await,
+                Outcome::Rejected(reason) => {
+                    if !self.dead_letter(&batch, &reason).await {
+                        return false;
+                    }
+                }
                 Outcome::Abandoned => return false,
             }
         }
@@ -380,50 +386,80 @@ impl Forwarder {
         Duration::from_millis(millis.max(1))
     }
 
-    /// Writes a refused batch and its reason to the dead-letter directory; it counts as handled.
-    async fn dead_letter(&mut self, batch: &EncodedBatch, reason: &str) {
+    /// Writes a refused batch and its reason to the dead-letter directory (fsynced); then it counts
+    /// as handled. A failed write is retried with backoff and the checkpoint stays put meanwhile,
+    /// so a full or read-only disk never turns a refused batch into a lost one. `false` if the
+    /// shutdown deadline passed first (the batch is read again after the restart).
+    async fn dead_letter(&mut self, batch: &EncodedBatch, reason: &str) -> bool {
         self.dead_letter_seq += 1;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let base = self
             .dead_letter_dir
             .join(format!("{stamp}-{}", self.dead_letter_seq));
-        let body = batch.body.clone();
-        let compression = batch.compression;
         let text = format!("records: {}\nreason: {reason}\n", batch.logs);
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
-            if let Some(dir) = base.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            // Always gzip on disk, whatever travelled: any operator can `zcat` it.
-            let data_path = base.with_extension("ndjson.gz");
-            let data = match compression {
-                Compression::Gzip { .. } => body,
-                Compression::None | Compression::Zstd { .. } => {
-                    let raw = ferry_wire::decompress(&body, compression, usize::MAX)
-                        .map_err(std::io::Error::other)?;
-                    let mut enc =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    enc.write_all(&raw)?;
-                    enc.finish()?
+        let mut attempt: u32 = 0;
+        loop {
+            let (base, body, text) = (base.clone(), batch.body.clone(), text.clone());
+            let compression = batch.compression;
+            let result = tokio::task::spawn_blocking(move || {
+                write_dead_letter(&base, &body, compression, &text)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match result {
+                Ok(path) => {
+                    self.metrics.dead_letter_batches.fetch_add(1, Relaxed);
+                    warn!(path = %path.display(), records = batch.logs, reason, "Batch dead-lettered");
+                    return true;
                 }
-            };
-            std::fs::write(&data_path, data)?;
-            std::fs::write(base.with_extension("reason.txt"), text)?;
-            Ok(data_path)
-        })
-        .await;
-        self.metrics.dead_letter_batches.fetch_add(1, Relaxed);
-        match result {
-            Ok(Ok(path)) => {
-                warn!(path = %path.display(), records = batch.logs, reason, "Batch dead-lettered")
+                Err(e) => {
+                    error!(dir = %self.dead_letter_dir.display(), error = %e,
+                        "Cannot write a dead-letter batch; retrying, the checkpoint stays put");
+                    self.metrics.error(format!("dead letter: {e}"));
+                    attempt = attempt.saturating_add(1);
+                    let wait = self.backoff(attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.deadline.passed() => return false,
+                    }
+                }
             }
-            Ok(Err(e)) => {
-                error!(dir = %self.dead_letter_dir.display(), error = %e, "Cannot write a dead-letter batch; it is dropped");
-                self.metrics.error(format!("dead letter: {e}"));
-            }
-            Err(e) => error!(error = %e, "Dead-letter task failed"),
         }
     }
+}
+
+/// Writes `<base>.ndjson.gz` (always gzip on disk, whatever travelled: any operator can `zcat`
+/// it) and `<base>.reason.txt`, each fsynced.
+fn write_dead_letter(
+    base: &std::path::Path,
+    body: &[u8],
+    compression: Compression,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
+    if let Some(dir) = base.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let data_path = base.with_extension("ndjson.gz");
+    let data = match compression {
+        Compression::Gzip { .. } => body.to_vec(),
+        Compression::None | Compression::Zstd { .. } => {
+            let raw = ferry_wire::decompress(body, compression, usize::MAX)
+                .map_err(std::io::Error::other)?;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&raw)?;
+            enc.finish()?
+        }
+    };
+    for (path, bytes) in [
+        (data_path.clone(), &data[..]),
+        (base.with_extension("reason.txt"), reason.as_bytes()),
+    ] {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    Ok(data_path)
 }
 
 /// Splits a batch into two halves re-encoded from its own records; `None` for one record.

@@ -61,6 +61,40 @@ async fn honours_retry_after_on_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_directory_holds_the_checkpoint_until_it_can_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("bad", 0..3));
+    // A plain file where the dead-letter directory should be: every write fails.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let dl = dir.path().join("data/dead-letter");
+    std::fs::write(&dl, b"in the way").unwrap();
+    let agg = TestAggregator::start().await;
+    agg.script(&[(400, None)]);
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    wait_until("a failed dead-letter write", || {
+        agent
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("dead letter"))
+    })
+    .await;
+    append(&log, &lines("good", 0..2));
+    // Nothing after the refused batch moves while its dead letter cannot be written.
+    assert!(agg.stored().is_empty());
+    std::fs::remove_file(&dl).unwrap();
+    wait_until("later lines delivered", || agg.stored().len() == 2).await;
+    assert_eq!(agg.stored_messages(), lines("good", 0..2));
+    assert_eq!(
+        std::fs::read_dir(&dl).unwrap().count(),
+        2,
+        "data and reason files"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_request_goes_to_the_dead_letter_directory_and_delivery_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("logs")).unwrap();
