@@ -58,6 +58,13 @@ pub fn check(path: &Path) -> Vec<String> {
         if let Err(e) = agent.validate() {
             problems.push(format!("{}: [agent] {e}", path.display()));
         }
+        if let Err(errors) = ferry_parsers::RuleSet::load(&agent.rules_dirs, true) {
+            problems.extend(
+                errors
+                    .iter()
+                    .map(|e| format!("{}: [agent] rules_dirs: {e}", path.display())),
+            );
+        }
     }
     if let Some(aggregator) = &config.aggregator {
         if let Err(e) = aggregator.validate() {

@@ -155,7 +155,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(async {
                 let agent = ferry_agent::start(config).await?;
                 tracing::info!(metrics = %agent.metrics_addr(), "Agent started");
-                shutdown_signal().await;
+                // SIGHUP reloads the parser rules; the agent logs the outcome, and a rule set
+                // that does not compile leaves the previous one in place.
+                let mut hangup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                        .context("cannot listen for SIGHUP")?;
+                let stop = shutdown_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = hangup.recv() => {
+                            let _ = agent.reload_rules();
+                        }
+                    }
+                }
                 agent.shutdown().await;
                 anyhow::Ok(())
             })?;

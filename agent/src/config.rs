@@ -110,6 +110,15 @@ pub struct AgentConfig {
     pub stats_cgroup_root: PathBuf,
     /// The host's `/proc` (containers' PIDs are looked up here). Default `/proc`.
     pub stats_proc_root: PathBuf,
+    /// Parser rule files: directories (every `*.toml` in them, in name order) or single files,
+    /// loaded before the built-in library, so a user rule with a built-in rule's name replaces
+    /// it. Any rule error stops the agent from starting; [`crate::AgentHandle::reload_rules`]
+    /// reads them again (SIGHUP). Default: none (the built-in rules only).
+    pub rules_dirs: Vec<PathBuf>,
+    /// Rule name, or comma-separated names, used to parse the files whose container has no
+    /// `ferry.parser` label (plain files, for instance), e.g. `logfmt`. Default: none (the image
+    /// rules, then auto-detection).
+    pub parser: Option<String>,
 }
 
 /// How a file's lines are decoded.
@@ -276,6 +285,8 @@ impl Default for AgentConfig {
             stats_interval_ms: default_stats_interval_ms(),
             stats_cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             stats_proc_root: PathBuf::from("/proc"),
+            rules_dirs: Vec::new(),
+            parser: None,
         }
     }
 }
@@ -369,6 +380,11 @@ impl AgentConfig {
                 if let Err(e) = crate::docker::Selector::parse(selector) {
                     bad(format!("{name}[{i}]"), format!("{selector:?}: {e}"));
                 }
+            }
+        }
+        if let Some(parser) = &self.parser {
+            if parser.split(',').all(|n| n.trim().is_empty()) {
+                bad("parser".into(), "must name at least one rule".into());
             }
         }
         if self.backoff_initial_ms > self.backoff_max_ms {

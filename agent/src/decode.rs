@@ -27,13 +27,14 @@ pub(crate) enum Format {
 pub(crate) struct Flags(u8);
 
 impl Flags {
-    const ALL: [Flag; 6] = [
+    const ALL: [Flag; 7] = [
         Flag::Truncated,
         Flag::InvalidUtf8,
         Flag::MalformedJson,
         Flag::MalformedCri,
         Flag::Joined,
         Flag::Incomplete,
+        Flag::Multiline,
     ];
 
     fn bit(flag: Flag) -> u8 {
@@ -72,6 +73,8 @@ pub(crate) struct Decoded<'a> {
     pub stream: Option<Stream>,
     /// Offset of the line that completed the record.
     pub offset: u64,
+    /// Offset of the record's first line (its first part, for a joined partial message).
+    pub start: u64,
     pub flags: Flags,
 }
 
@@ -146,6 +149,7 @@ impl Decoder {
                     timestamp: None,
                     stream: None,
                     offset,
+                    start: offset,
                     flags: base.union(flags),
                 });
             }
@@ -232,6 +236,7 @@ impl Decoder {
                 timestamp,
                 stream: Some(stream),
                 offset,
+                start: offset,
                 flags: flags.union(text_flags),
             });
         }
@@ -285,6 +290,7 @@ impl Decoder {
                 Stream::Stderr
             }),
             offset,
+            start: partial.start,
             flags,
         });
         let buf = &mut self.bufs[slot];
@@ -370,6 +376,7 @@ fn raw(line: &[u8], offset: u64, flags: Flags, max: usize) -> Decoded<'_> {
         timestamp: None,
         stream: None,
         offset,
+        start: offset,
         flags: flags.union(text_flags),
     }
 }

@@ -1,32 +1,36 @@
-//! What a record learns from where its file lives, and the hook where its message gets parsed.
+//! What a record learns from where its file lives, and where its message gets parsed.
 //!
 //! A Docker container's file gets name, image, allowlisted labels and `io.kubernetes.*` fields from
 //! the Docker registry (`crate::docker`), or, while the API does not know the container, from the
 //! container's `config.v2.json` beside the file; the kubelet's
 //! `…/pods/<ns>_<pod>_<uid>/<container>/N.log` gives the `kubernetes.*` fields a label does not.
-//! The format of a file in `auto` mode is chosen here too. Nothing here fails: missing or
-//! unreadable metadata just leaves fields empty (logged at debug level).
+//! The format of a file in `auto` mode is chosen here too, and what its parser rules are chosen
+//! from ([`Found::parser`]: the `ferry.parser` label, whatever the label allowlist, and the
+//! image); [`parse`] applies them. Nothing here fails: missing or unreadable metadata just leaves
+//! fields empty (logged at debug level).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_parsers::{Scratch, Selection};
 use ferry_wire::{Container, Kubernetes, KubernetesContainer, KubernetesPod, LogRecord};
 use tracing::debug;
 
 use crate::config::FormatConfig;
 use crate::decode::Format;
 use crate::docker::{ContainerMeta, Registry};
+use crate::rules::{ParserKey, PARSER_LABEL};
 
-/// Parses the record's message into fields (`log.level`, `@timestamp`, ECS fields, `parse.error`).
+/// Parses the record's message into fields (`log.level`, `@timestamp`, ECS fields, `parse.error`)
+/// with the rules chosen for its source ([`crate::rules::Rules::select`]).
 ///
-/// HOOK for the `parsers` crate: called once per record after decoding and path enrichment, just
-/// before the record is put into a batch. It may set `log.level`, replace `@timestamp` (keeping the
-/// read time in `event.created`) and add `fields`; it must not touch `event.id`, `log.offset` or
-/// `log.file.*`, which identify the record. Today it runs JSON auto-detect; the regex rule engine
-/// plugs in here.
-pub(crate) fn enrich_and_parse(record: &mut LogRecord) {
-    ferry_parsers::Parser::JsonAuto.apply(record);
+/// Called once per record after decoding, path enrichment and multiline joining, just before the
+/// record is put into a batch. It may set `log.level`, replace `@timestamp` (keeping the read time
+/// in `event.created`) and add `fields`; it never touches `event.id`, `log.offset` or
+/// `log.file.*`, which identify the record.
+pub(crate) fn parse(record: &mut LogRecord, selection: &Selection, scratch: &mut Scratch) {
+    selection.apply(record, scratch);
 }
 
 /// The decoding format of a file found at `path`.
@@ -85,6 +89,29 @@ fn docker_id_from_path(path: &Path) -> Option<&str> {
     (path.parent()?.file_name()?.to_str()? == id).then_some(id)
 }
 
+/// What a tailed file's records get from its container.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Found {
+    pub container: Container,
+    pub kubernetes: Kubernetes,
+    /// The container's `ferry.parser` label (any label, not only allowlisted ones) and image.
+    pub parser: ParserKey,
+}
+
+impl Found {
+    fn new(container: Container, kubernetes: Kubernetes, meta: Option<&ContainerMeta>) -> Self {
+        let parser = ParserKey {
+            label: meta.and_then(|m| m.labels.get(PARSER_LABEL).cloned()),
+            image: container.image.name.clone(),
+        };
+        Found {
+            container,
+            kubernetes,
+            parser,
+        }
+    }
+}
+
 /// Container metadata for tailed files: from the Docker [`Registry`] when it knows the container
 /// (matched by `LogPath`, else by the path layout), else from the container's `config.v2.json`
 /// beside the file (read once per directory).
@@ -109,25 +136,25 @@ impl Enricher {
         self.registry.version()
     }
 
-    /// `container.*` and `kubernetes.*` for a file found at `path`, or `None` when the file
-    /// belongs to a container whose logs are not collected (`ferry.enable=false`,
-    /// `containers_include` / `containers_exclude`).
-    pub fn for_path(&mut self, path: &Path) -> Option<(Container, Kubernetes)> {
-        let (meta, fields) = self.lookup(path);
+    /// `container.*` and `kubernetes.*` for a file found at `path`, and what its parser rules are
+    /// chosen from, or `None` when the file belongs to a container whose logs are not collected
+    /// (`ferry.enable=false`, `containers_include` / `containers_exclude`).
+    pub fn for_path(&mut self, path: &Path) -> Option<Found> {
+        let (meta, found) = self.lookup(path);
         if meta.is_some_and(|m| !self.registry.wants(&m)) {
             return None;
         }
-        Some(fields)
+        Some(found)
     }
 
-    /// Fresh fields for a file already tailed (no filter), or `None` when no metadata is known
+    /// Fresh metadata for a file already tailed (no filter), or `None` when no metadata is known
     /// any more (a destroyed container's file being drained keeps what it had).
-    pub fn refresh(&mut self, path: &Path) -> Option<(Container, Kubernetes)> {
-        let (meta, fields) = self.lookup(path);
-        meta.map(|_| fields)
+    pub fn refresh(&mut self, path: &Path) -> Option<Found> {
+        let (meta, found) = self.lookup(path);
+        meta.map(|_| found)
     }
 
-    fn lookup(&mut self, path: &Path) -> (Option<Arc<ContainerMeta>>, (Container, Kubernetes)) {
+    fn lookup(&mut self, path: &Path) -> (Option<Arc<ContainerMeta>>, Found) {
         let mut kubernetes = kubernetes_from_path(path).unwrap_or_default();
         let mut container = Container::default();
         let id = self
@@ -135,14 +162,15 @@ impl Enricher {
             .id_for_path(path)
             .or_else(|| docker_id_from_path(path).map(str::to_string));
         let Some(id) = id else {
-            return (None, (container, kubernetes));
+            return (None, Found::new(container, kubernetes, None));
         };
         let meta = self.registry.get(&id).or_else(|| self.config_v2(path, &id));
         match &meta {
             Some(m) => m.apply(&self.labels_allowlist, &mut container, &mut kubernetes),
             None => container.id = Some(id),
         }
-        (meta, (container, kubernetes))
+        let found = Found::new(container, kubernetes, meta.as_deref());
+        (meta, found)
     }
 
     fn config_v2(&mut self, path: &Path, id: &str) -> Option<Arc<ContainerMeta>> {
@@ -216,7 +244,8 @@ mod tests {
             Default::default(),
         ));
         let mut e = Enricher::new(vec!["app".into()], registry.clone());
-        let (c, k) = e.for_path(&dir.join("abc123-json.log")).unwrap();
+        let found = e.for_path(&dir.join("abc123-json.log")).unwrap();
+        let (c, k) = (found.container, found.kubernetes);
         assert_eq!(c.id.as_deref(), Some("abc123"));
         assert_eq!(c.name.as_deref(), Some("web"));
         assert_eq!(c.image.name.as_deref(), Some("nginx:1.27"));
@@ -224,9 +253,10 @@ mod tests {
         assert_eq!(c.labels["app"], "shop");
         assert!(k.is_empty());
 
-        let (c, _) = e
+        let c = e
             .for_path(&root.path().join("containers/zzz/zzz-json.log"))
-            .unwrap();
+            .unwrap()
+            .container;
         assert_eq!(
             c.id.as_deref(),
             Some("zzz"),
@@ -253,7 +283,7 @@ mod tests {
         ));
         let mut e = Enricher::new(vec!["app".into()], registry.clone());
         assert_eq!(
-            e.for_path(&log).unwrap().0.name.as_deref(),
+            e.for_path(&log).unwrap().container.name.as_deref(),
             Some("old-name")
         );
         registry.upsert(ContainerMeta {
@@ -263,7 +293,10 @@ mod tests {
             log_path: Some(log.clone()),
             ..Default::default()
         });
-        assert_eq!(e.refresh(&log).unwrap().0.name.as_deref(), Some("new-name"));
+        assert_eq!(
+            e.refresh(&log).unwrap().container.name.as_deref(),
+            Some("new-name")
+        );
 
         let off = root.path().join("containers/off");
         std::fs::create_dir_all(&off).unwrap();

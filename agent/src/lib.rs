@@ -9,7 +9,9 @@
 //! offset order, one batch in flight at a time, so the aggregator can drop replays by id or by a
 //! per-source high-water mark. Docker API discovery and container metadata live in `docker`,
 //! cgroup stats in `stats` (each interval's samples travel as their own batch through the same
-//! forwarder); message parsing plugs in at `enrich::enrich_and_parse`.
+//! forwarder). Messages are parsed by the `ferry-parsers` rules (`rules`: loaded at start, a
+//! broken rule stops the start, reloadable), chosen per container by its `ferry.parser` label,
+//! the `parser` setting or its image; multiline rules join lines in the tailer (`multiline`).
 #![forbid(unsafe_code)]
 
 mod checkpoint;
@@ -20,6 +22,8 @@ mod enrich;
 mod fingerprint;
 mod forward;
 mod metrics;
+mod multiline;
+mod rules;
 mod stats;
 mod tailer;
 mod watcher;
@@ -41,6 +45,8 @@ pub use checkpoint::CheckpointError;
 pub use config::{
     AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, ReadFrom,
 };
+pub use ferry_parsers::RuleError;
+pub use rules::RulesError;
 pub use stats::StatsTargets;
 
 /// Why the agent could not start.
@@ -55,6 +61,9 @@ pub enum StartError {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A rule file in `rules_dirs` (or the `parser` setting) is broken; every problem is listed.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: SocketAddr,
@@ -93,12 +102,18 @@ pub struct AgentHandle {
     stats_targets: Arc<std::sync::Mutex<StatsTargets>>,
     /// Docker discovery and logs-API followers (`docker_enabled`).
     docker: Option<docker::DockerHandle>,
+    /// The parser rules, reloadable.
+    rules: Arc<rules::Rules>,
 }
 
 /// Starts the agent: loads the checkpoint, binds the metrics server, starts the tailer thread and
 /// the forwarder task. Call inside a multi-thread tokio runtime.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     config.validate()?;
+    let rules = Arc::new(rules::Rules::load(
+        config.rules_dirs.clone(),
+        config.parser.clone(),
+    )?);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -151,6 +166,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
             docker::start(
                 &config,
                 registry.clone(),
+                rules.clone(),
                 sources,
                 tx,
                 stop,
@@ -169,6 +185,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         tx,
         stop.clone(),
         registry.clone(),
+        rules.clone(),
     );
     let waker = tailer.waker();
     registry.set_waker(waker.clone());
@@ -196,6 +213,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         server,
         stats_targets,
         docker,
+        rules,
     })
 }
 
@@ -217,6 +235,16 @@ impl AgentHandle {
     /// Where `/metrics` and `/health` are served (the bound address when port 0 was asked for).
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Reads the rule files of `rules_dirs` again (the SIGHUP handler). On success the tailer and
+    /// the logs-API followers switch to the new rules at their next turn (pending multiline events
+    /// are passed on first) and the number of rules is returned; on failure the previous rules
+    /// stay in use and every problem is logged at error level and returned.
+    pub fn reload_rules(&self) -> Result<usize, Vec<RuleError>> {
+        let count = self.rules.reload()?;
+        let _ = self.waker.try_send(());
+        Ok(count)
     }
 
     /// Sets where the stats collector gets its `(container id, pid)` targets from (discovery's

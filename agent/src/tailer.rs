@@ -10,6 +10,21 @@
 //! and `blocking_send` waits when it is full, so a slow aggregator stops the reading and the log
 //! files on disk are the buffer. Records of one fingerprint leave strictly in offset order.
 //! This module never writes the checkpoint file and never talks to the network.
+//!
+//! Parsing: the files of one log path share a [`Group`]: the record template (container
+//! metadata), the parser [`Selection`] (chosen when the path is first opened, again when its
+//! container metadata or the rules change) and, when a chosen rule is multiline, an
+//! [`Assembler`] with one joiner per stream. The group outlives a file that is rotated away, so a
+//! trace split by a rename rotation continues in the new file and is still one event (identity:
+//! the fingerprint and offset of its last line). The ordering rule for joined events is
+//! documented in `crate::multiline`: an event waits until no pending event of its fingerprint
+//! could still end before it. The committable offset of a file is also held back to the first
+//! line of it that a joiner holds or that waits to leave ([`Assembler::hold`]), so a restart
+//! re-reads held lines and rebuilds the same events with the same ids; for the same reason
+//! pending events are not flushed at shutdown. They are flushed when their `flush_timeout_ms`
+//! passes (checked every loop turn; the loop sleeps no longer than the next deadline), when the
+//! last file of their path closes (deleted, rotated away with no successor), when the file is
+//! truncated, and when the path's rules change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -20,18 +35,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use ferry_wire::{
-    BatchBuilder, Compression, EncodedBatch, Flag, Host, LogFile, LogMeta, LogRecord,
-};
+use ferry_parsers::{Scratch, Selection};
+use ferry_wire::{BatchBuilder, Compression, EncodedBatch, Flag, Host, LogRecord};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Entry, Sources, Update};
 use crate::config::{AgentConfig, FormatConfig, ReadFrom};
 use crate::decode::{Decoded, Decoder, Flags};
 use crate::docker::Registry;
-use crate::enrich::{enrich_and_parse, format_for, Enricher};
+use crate::enrich::{format_for, parse, Enricher, Found};
 use crate::fingerprint::{fingerprint, FileKey, Head};
 use crate::metrics::{DecodeError, Metrics};
+use crate::multiline::{Assembler, Event, Piece, SourceRef};
+use crate::rules::{ParserKey, Rules};
 use crate::watcher::{discover, Wakeups};
 
 /// At most this many reads from one file before the loop moves on to the next (fairness).
@@ -95,9 +111,70 @@ impl Settings {
 /// Identity of one generation of a file.
 #[derive(Debug, Clone)]
 struct Source {
-    fingerprint: String,
+    /// Fingerprint and path, as put on records (shared with the lines a joiner holds).
+    r: Arc<SourceRef>,
     head_hash: String,
     generation: u32,
+}
+
+/// What the files found at one log path share (see the module docs). A file belongs to the group
+/// of the path it was first found at, for as long as it is open.
+struct Group {
+    /// Open files of this group.
+    files: usize,
+    /// `container.*`, `kubernetes.*` and `host.*` of its records; reused for every record.
+    record: LogRecord,
+    parser: ParserKey,
+    selection: Selection,
+    /// When the selection has a multiline rule.
+    assembler: Option<Assembler>,
+}
+
+impl Group {
+    fn new(found: Found, host_name: &str, rules: &Rules) -> Self {
+        let selection = rules.select(&rules.current(), &found.parser);
+        Group {
+            files: 0,
+            record: LogRecord {
+                container: found.container,
+                kubernetes: found.kubernetes,
+                host: Host {
+                    name: host_name.to_string(),
+                },
+                ..Default::default()
+            },
+            parser: found.parser,
+            assembler: Assembler::new(&selection),
+            selection,
+        }
+    }
+
+    /// Passes on everything its joiners hold.
+    fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        let Group {
+            record,
+            selection,
+            assembler,
+            ..
+        } = self;
+        if let Some(a) = assembler {
+            a.flush(&mut |e| ctx.push_event(record, selection, e));
+        }
+    }
+
+    /// Switches to `selection`, passing on what the old joiners held first.
+    fn reselect(&mut self, selection: Selection, ctx: &mut Ctx<'_>) {
+        self.flush(ctx);
+        self.assembler = Assembler::new(&selection);
+        self.selection = selection;
+    }
+
+    /// The first offset of `source` the joiners hold (see [`Assembler::hold`]).
+    fn hold(&self, source: &Source) -> Option<u64> {
+        self.assembler
+            .as_ref()
+            .and_then(|a| a.hold(&source.r.fingerprint))
+    }
 }
 
 /// One open file.
@@ -118,8 +195,8 @@ struct TailedFile {
     /// Skipping the rest of a line that was already emitted truncated.
     skipping: bool,
     decoder: Decoder,
-    /// Reused for every record of this file; per-record fields are reset before each line.
-    record: LogRecord,
+    /// The key of its [`Group`] in [`Tailer::groups`]: the path it was first found at.
+    group: PathBuf,
     /// The last (offset, path) put into a checkpoint update.
     reported: Option<(u64, String)>,
     /// Found by the last glob scan.
@@ -131,11 +208,12 @@ struct TailedFile {
 }
 
 impl TailedFile {
-    /// The offset a restart may resume at.
-    fn committable(&self) -> u64 {
-        self.decoder
-            .pending_start()
-            .map_or(self.consumed, |p| p.min(self.consumed))
+    /// The offset a restart may resume at; `hold` is what its group's joiners hold of it.
+    fn committable(&self, hold: Option<u64>) -> u64 {
+        [self.decoder.pending_start(), hold]
+            .into_iter()
+            .flatten()
+            .fold(self.consumed, u64::min)
     }
 }
 
@@ -146,7 +224,23 @@ struct Ctx<'a> {
     builder: &'a mut BatchBuilder,
     batch_started: &'a mut Option<Instant>,
     metrics: &'a Metrics,
+    scratch: &'a mut Scratch,
     read_time: &'a str,
+}
+
+/// A [`Ctx`] from the tailer's fields (a macro, so the other fields stay free to borrow).
+macro_rules! ctx {
+    ($t:expr, $read_time:expr) => {
+        Ctx {
+            s: &$t.s,
+            buf: &mut $t.buf,
+            builder: &mut $t.builder,
+            batch_started: &mut $t.batch_started,
+            metrics: &$t.metrics,
+            scratch: &mut $t.scratch,
+            read_time: $read_time,
+        }
+    };
 }
 
 impl Ctx<'_> {
@@ -155,27 +249,8 @@ impl Ctx<'_> {
             || self.builder.len() >= self.s.batch_max_records
     }
 
-    /// Fills the file's record from `d` and pushes it into the batch.
-    fn emit(&mut self, record: &mut LogRecord, d: Decoded<'_>) {
-        record.event.id = ferry_wire::event_id(&record.log.file.fingerprint, d.offset);
-        record.event.created = None;
-        record.timestamp.clear();
-        record
-            .timestamp
-            .push_str(d.timestamp.as_deref().unwrap_or(self.read_time));
-        match d.message {
-            std::borrow::Cow::Owned(s) => record.message = s,
-            std::borrow::Cow::Borrowed(s) => {
-                record.message.clear();
-                record.message.push_str(s);
-            }
-        }
-        record.stream = d.stream;
-        record.log.offset = d.offset;
-        record.log.level = None;
-        record.log.flags.clear();
-        record.log.flags.extend(d.flags.iter());
-        record.fields.clear();
+    /// Takes one decoded record of `source` (a file of `g`): into the batch, or into the joiners.
+    fn accept(&mut self, g: &mut Group, source: &Arc<SourceRef>, d: Decoded<'_>) {
         for (flag, kind) in [
             (Flag::MalformedJson, DecodeError::MalformedJson),
             (Flag::MalformedCri, DecodeError::MalformedCri),
@@ -185,22 +260,90 @@ impl Ctx<'_> {
                 self.metrics.decode_error(kind);
             }
         }
-        enrich_and_parse(record);
+        let read_time = self.read_time;
+        let timestamp = d.timestamp.as_deref().unwrap_or(read_time);
+        let Group {
+            record,
+            selection,
+            assembler,
+            ..
+        } = g;
+        match assembler {
+            None => {
+                match d.message {
+                    std::borrow::Cow::Owned(s) => record.message = s,
+                    std::borrow::Cow::Borrowed(s) => {
+                        record.message.clear();
+                        record.message.push_str(s);
+                    }
+                }
+                record.timestamp.clear();
+                record.timestamp.push_str(timestamp);
+                record.stream = d.stream;
+                record.log.flags.clear();
+                record.log.flags.extend(d.flags.iter());
+                self.push(record, selection, source, d.offset);
+            }
+            Some(a) => {
+                let piece = Piece {
+                    source,
+                    start: d.start,
+                    offset: d.offset,
+                    text: d.message.into_owned(),
+                    timestamp,
+                    stream: d.stream,
+                    flags: d.flags,
+                };
+                a.push(piece, Instant::now(), &mut |e| {
+                    self.push_event(record, selection, e);
+                });
+            }
+        }
+    }
+
+    /// Puts an event passed on by the joiners into the batch.
+    fn push_event(&mut self, record: &mut LogRecord, selection: &Selection, e: Event) {
+        record.message = e.text;
+        record.timestamp = e.timestamp;
+        record.stream = e.stream;
+        record.log.flags.clear();
+        record.log.flags.extend(e.flags.iter());
+        self.push(record, selection, &e.source, e.offset);
+    }
+
+    /// Completes `record` (message, timestamp, stream and flags are set) with its identity,
+    /// parses it and pushes it into the batch.
+    fn push(
+        &mut self,
+        record: &mut LogRecord,
+        selection: &Selection,
+        source: &SourceRef,
+        offset: u64,
+    ) {
+        record.event.id = ferry_wire::event_id(&source.fingerprint, offset);
+        record.event.created = None;
+        record.log.file.fingerprint.clone_from(&source.fingerprint);
+        record.log.file.path.clone_from(&source.path);
+        record.log.offset = offset;
+        record.log.level = None;
+        record.fields.clear();
+        parse(record, selection, self.scratch);
         self.builder.push_log(record);
         if self.batch_started.is_none() {
             *self.batch_started = Some(Instant::now());
         }
     }
 
-    fn line(&mut self, f: &mut TailedFile, line: &[u8], offset: u64, flags: Flags) {
+    fn line(&mut self, f: &mut TailedFile, g: &mut Group, line: &[u8], offset: u64, flags: Flags) {
         self.metrics.lines_read.fetch_add(1, Relaxed);
         if flags.contains(Flag::Truncated) {
             self.metrics.lines_truncated.fetch_add(1, Relaxed);
         }
         let TailedFile {
-            decoder, record, ..
+            decoder, source, ..
         } = f;
-        decoder.push_line(line, offset, flags, |d| self.emit(record, d));
+        let Some(source) = source else { return };
+        decoder.push_line(line, offset, flags, |d| self.accept(g, &source.r, d));
     }
 }
 
@@ -229,6 +372,12 @@ pub(crate) struct Tailer {
     enricher: Enricher,
     /// The Docker registry version the open files' metadata was last refreshed at.
     registry_version: u64,
+    /// Per log path: record template, parser selection, joiners.
+    groups: HashMap<PathBuf, Group>,
+    rules: Arc<Rules>,
+    /// The rules version the groups' selections were made from.
+    rules_version: u64,
+    scratch: Scratch,
     wakeups: Wakeups,
     metrics: Arc<Metrics>,
     tx: tokio::sync::mpsc::Sender<Sealed>,
@@ -237,6 +386,7 @@ pub(crate) struct Tailer {
 
 impl Tailer {
     /// `restored` is the loaded checkpoint; `first_start` says no checkpoint file existed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         s: Settings,
         restored: &Sources,
@@ -245,6 +395,7 @@ impl Tailer {
         tx: tokio::sync::mpsc::Sender<Sealed>,
         stop: Arc<AtomicBool>,
         registry: Arc<Registry>,
+        rules: Arc<Rules>,
     ) -> Self {
         let mut by_key: HashMap<FileKey, Vec<(String, Entry)>> = HashMap::new();
         // Logs-API sources belong to the Docker followers, not to files.
@@ -264,6 +415,10 @@ impl Tailer {
             wakeups: Wakeups::new(&s.include),
             registry_version: registry.version(),
             enricher: Enricher::new(s.labels_allowlist.clone(), registry),
+            groups: HashMap::new(),
+            rules_version: rules.version(),
+            rules,
+            scratch: Scratch::new(),
             builder: BatchBuilder::new(s.host_name.clone()),
             buf: vec![0; s.read_buffer_bytes],
             s,
@@ -291,6 +446,7 @@ impl Tailer {
         info!(patterns = ?self.s.include, "Tailer started");
         while !self.stop.load(Relaxed) {
             let now = Instant::now();
+            self.reload_rules();
             self.refresh_metadata();
             let rescan = self.wakeups.take_rescan();
             if rescan
@@ -304,6 +460,7 @@ impl Tailer {
             let Ok(progressed) = self.read_all() else {
                 return;
             };
+            self.flush_due();
             if !self.check_files() {
                 return;
             }
@@ -321,6 +478,9 @@ impl Tailer {
                     timeout =
                         timeout.min((t + self.s.batch_max_age).saturating_duration_since(now));
                 }
+                if let Some(t) = self.next_deadline() {
+                    timeout = timeout.min(t.saturating_duration_since(now));
+                }
                 self.wakeups.wait(timeout.max(Duration::from_millis(1)));
             }
         }
@@ -328,20 +488,73 @@ impl Tailer {
         info!("Tailer stopped");
     }
 
-    /// Re-reads the container metadata of every open file when the Docker registry changed
-    /// (a container was renamed, or became known after its file was opened).
+    /// Re-reads the container metadata of every log path when the Docker registry changed
+    /// (a container was renamed, or became known after its file was opened); a changed
+    /// `ferry.parser` label or image changes the path's rules.
     fn refresh_metadata(&mut self) {
         let version = self.enricher.registry_version();
         if version == self.registry_version {
             return;
         }
         self.registry_version = version;
-        for f in self.files.values_mut() {
-            if let Some((container, kubernetes)) = self.enricher.refresh(&f.path) {
-                f.record.container = container;
-                f.record.kubernetes = kubernetes;
+        let mut ctx = ctx!(self, "");
+        for (path, g) in &mut self.groups {
+            let Some(found) = self.enricher.refresh(path) else {
+                continue;
+            };
+            g.record.container = found.container;
+            g.record.kubernetes = found.kubernetes;
+            if found.parser != g.parser {
+                debug!(path = %path.display(), parser = ?found.parser, "Container parser settings changed");
+                let selection = self.rules.select(&self.rules.current(), &found.parser);
+                g.parser = found.parser;
+                g.reselect(selection, &mut ctx);
             }
         }
+    }
+
+    /// Picks up reloaded rules: every path's selection is made again (what the old joiners held
+    /// is passed on first).
+    fn reload_rules(&mut self) {
+        let version = self.rules.version();
+        if version == self.rules_version {
+            return;
+        }
+        self.rules_version = version;
+        let set = self.rules.current();
+        let mut ctx = ctx!(self, "");
+        for g in self.groups.values_mut() {
+            let selection = self.rules.select(&set, &g.parser);
+            g.reselect(selection, &mut ctx);
+        }
+    }
+
+    /// Passes on the pending multiline events whose flush timeout passed.
+    fn flush_due(&mut self) {
+        let now = Instant::now();
+        let mut ctx = ctx!(self, "");
+        for g in self.groups.values_mut() {
+            let Group {
+                record,
+                selection,
+                assembler: Some(a),
+                ..
+            } = g
+            else {
+                continue;
+            };
+            if a.next_deadline().is_some_and(|t| t <= now) {
+                a.flush_expired(now, &mut |e| ctx.push_event(record, selection, e));
+            }
+        }
+    }
+
+    /// The earliest flush deadline of any pending multiline event.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.groups
+            .values()
+            .filter_map(|g| g.assembler.as_ref()?.next_deadline())
+            .min()
     }
 
     /// Expands the globs: opens new files, notes paths and which files are still matched.
@@ -356,12 +569,17 @@ impl Tailer {
             if let Some(f) = self.files.get_mut(&key) {
                 if f.path != path && !points_to(&f.path, key) {
                     debug!(from = %f.path.display(), to = %path.display(), "Tailed file found under a new path");
-                    f.record.log.file.path = path.to_string_lossy().into_owned();
+                    if let Some(source) = &mut f.source {
+                        source.r = Arc::new(SourceRef {
+                            fingerprint: source.r.fingerprint.clone(),
+                            path: path.to_string_lossy().into_owned(),
+                        });
+                    }
                     f.path = path;
                 }
                 continue;
             }
-            let Some((container, kubernetes)) = self.enricher.for_path(&path) else {
+            let Some(found) = self.enricher.for_path(&path) else {
                 debug!(path = %path.display(), "Not tailing the log of an opted-out or filtered container");
                 continue;
             };
@@ -382,23 +600,31 @@ impl Tailer {
             if let Some(dir) = path.parent() {
                 self.wakeups.watch(dir);
             }
-            let record = LogRecord {
-                log: LogMeta {
-                    file: LogFile {
-                        path: path.to_string_lossy().into_owned(),
-                        fingerprint: String::new(),
-                    },
-                    ..Default::default()
-                },
-                container,
-                kubernetes,
-                host: Host {
-                    name: self.s.host_name.clone(),
-                },
-                ..Default::default()
+            // A file at a path whose previous file is still open (rotated away, or deleted and
+            // recreated) joins its group: pending multiline events continue in it.
+            let mut ctx = ctx!(self, "");
+            let g = match self.groups.entry(path.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let g = e.into_mut();
+                    g.record.container = found.container;
+                    g.record.kubernetes = found.kubernetes;
+                    if found.parser != g.parser {
+                        let selection = self.rules.select(&self.rules.current(), &found.parser);
+                        g.parser = found.parser;
+                        g.reselect(selection, &mut ctx);
+                    }
+                    g
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let g = Group::new(found, &self.s.host_name, &self.rules);
+                    debug!(path = %path.display(), rules = g.selection.rules(), chosen = ?g.selection.chosen(), "Parser rules chosen");
+                    e.insert(g)
+                }
             };
+            g.files += 1;
             let decoder = Decoder::new(format_for(self.s.format, &path), self.s.max_line_bytes);
             debug!(path = %path.display(), dev = key.dev, ino = key.ino, "Found file");
+            let group = path.clone();
             self.files.insert(
                 key,
                 TailedFile {
@@ -412,7 +638,7 @@ impl Tailer {
                     consumed: 0,
                     skipping: false,
                     decoder,
-                    record,
+                    group,
                     reported: None,
                     matched: true,
                     deleted: false,
@@ -450,24 +676,21 @@ impl Tailer {
         let mut progressed = false;
         for key in keys {
             while let Some(f) = self.files.get_mut(&key) {
-                let mut ctx = Ctx {
-                    s: &self.s,
-                    buf: &mut self.buf,
-                    builder: &mut self.builder,
-                    batch_started: &mut self.batch_started,
-                    metrics: &self.metrics,
-                    read_time: &read_time,
+                let Some(g) = self.groups.get_mut(&f.group) else {
+                    warn!(path = %f.path.display(), "Tailed file without its group; not reading it");
+                    break;
                 };
+                let mut ctx = ctx!(self, &read_time);
                 // Waking from EOF: a copytruncate followed by new writes past our offset is only
                 // visible as a changed head, so check it before reading on.
                 if f.eof_since.is_some() && head_changed(f) {
                     let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
-                    restart_truncated(f, &mut ctx, &mut self.removals, size);
+                    restart_truncated(f, g, &mut ctx, &mut self.removals, size);
                 }
                 if f.source.is_none() && !establish(f, &mut self.restored, &mut self.removals) {
                     break;
                 }
-                let turn = read_file(f, &mut ctx);
+                let turn = read_file(f, g, &mut ctx);
                 progressed |= turn.progressed;
                 if !turn.full {
                     break;
@@ -495,16 +718,12 @@ impl Tailer {
                 }
             };
             f.deleted = meta.nlink() == 0;
-            let mut ctx = Ctx {
-                s: &self.s,
-                buf: &mut self.buf,
-                builder: &mut self.builder,
-                batch_started: &mut self.batch_started,
-                metrics: &self.metrics,
-                read_time: &read_time,
+            let Some(g) = self.groups.get_mut(&f.group) else {
+                continue;
             };
+            let mut ctx = ctx!(self, &read_time);
             if meta.len() < f.pos {
-                restart_truncated(f, &mut ctx, &mut self.removals, meta.len());
+                restart_truncated(f, g, &mut ctx, &mut self.removals, meta.len());
                 continue;
             }
             let gone = f.deleted || !f.matched;
@@ -515,7 +734,7 @@ impl Tailer {
             {
                 // Whatever is left after the last newline is the file's last, unterminated line.
                 if f.source.is_some() {
-                    finish_file(f, &mut ctx, meta.len());
+                    finish_file(f, g, &mut ctx, meta.len());
                 }
                 close.push(f.key);
             }
@@ -523,8 +742,17 @@ impl Tailer {
         for key in close {
             if let Some(f) = self.files.remove(&key) {
                 info!(path = %f.path.display(), deleted = f.deleted, offset = f.pos, "Closed drained file");
+                if let Some(g) = self.groups.get_mut(&f.group) {
+                    g.files = g.files.saturating_sub(1);
+                    // Without a successor at its path, nothing can continue its pending events.
+                    if g.files == 0 {
+                        let mut ctx = ctx!(self, &read_time);
+                        g.flush(&mut ctx);
+                        self.groups.remove(&f.group);
+                    }
+                }
                 if let Some(source) = f.source {
-                    self.removals.push(source.fingerprint);
+                    self.removals.push(source.r.fingerprint.clone());
                 }
             }
         }
@@ -555,8 +783,9 @@ impl Tailer {
         let mut updates: Vec<Update> = self.removals.drain(..).map(|fp| (fp, None)).collect();
         for f in self.files.values_mut() {
             let Some(source) = &f.source else { continue };
-            let offset = f.committable();
-            let path = f.record.log.file.path.as_str();
+            let hold = self.groups.get(&f.group).and_then(|g| g.hold(source));
+            let offset = f.committable(hold);
+            let path = source.r.path.as_str();
             if f.reported
                 .as_ref()
                 .is_some_and(|(o, p)| *o == offset && p == path)
@@ -565,7 +794,7 @@ impl Tailer {
             }
             f.reported = Some((offset, path.to_string()));
             updates.push((
-                source.fingerprint.clone(),
+                source.r.fingerprint.clone(),
                 Some(Entry {
                     path: path.to_string(),
                     dev: f.key.dev,
@@ -605,18 +834,23 @@ fn head_changed(f: &TailedFile) -> bool {
     }
 }
 
-/// The file was truncated in place: pending partials leave flagged incomplete, the old source is
-/// forgotten (once acked), and the file is read from 0 as the next generation.
-fn restart_truncated(f: &mut TailedFile, ctx: &mut Ctx<'_>, removals: &mut Vec<String>, size: u64) {
+/// The file was truncated in place: pending partials and multiline events leave (partials flagged
+/// incomplete), the old source is forgotten (once acked), and the file is read from 0 as the next
+/// generation.
+fn restart_truncated(
+    f: &mut TailedFile,
+    g: &mut Group,
+    ctx: &mut Ctx<'_>,
+    removals: &mut Vec<String>,
+    size: u64,
+) {
     if let Some(source) = f.source.take() {
-        warn!(path = %f.path.display(), fingerprint = %source.fingerprint, size, offset = f.pos,
+        warn!(path = %f.path.display(), fingerprint = %source.r.fingerprint, size, offset = f.pos,
             "File truncated; reading it from the start as a new source");
         let end = f.pos;
-        let TailedFile {
-            decoder, record, ..
-        } = &mut *f;
-        decoder.flush(end, |d| ctx.emit(record, d));
-        removals.push(source.fingerprint);
+        f.decoder.flush(end, |d| ctx.accept(g, &source.r, d));
+        g.flush(ctx);
+        removals.push(source.r.fingerprint.clone());
         f.generation = source.generation + 1;
     }
     f.pos = 0;
@@ -679,9 +913,11 @@ fn establish(
     }
     let fp = resumed.unwrap_or_else(|| fingerprint(f.key, &head, f.generation));
     info!(path = %f.path.display(), fingerprint = %fp, offset = start, "Tailing file");
-    f.record.log.file.fingerprint.clone_from(&fp);
     f.source = Some(Source {
-        fingerprint: fp,
+        r: Arc::new(SourceRef {
+            fingerprint: fp,
+            path: f.path.to_string_lossy().into_owned(),
+        }),
         head_hash,
         generation: f.generation,
     });
@@ -692,7 +928,7 @@ fn establish(
 }
 
 /// Reads up to [`CHUNKS_PER_TURN`] chunks of `f`, emitting every complete line.
-fn read_file(f: &mut TailedFile, ctx: &mut Ctx<'_>) -> Turn {
+fn read_file(f: &mut TailedFile, g: &mut Group, ctx: &mut Ctx<'_>) -> Turn {
     let mut turn = Turn::default();
     let max = ctx.s.max_line_bytes;
     for _ in 0..CHUNKS_PER_TURN {
@@ -734,12 +970,13 @@ fn read_file(f: &mut TailedFile, ctx: &mut Ctx<'_>) -> Turn {
                 if line.len() > max {
                     ctx.line(
                         f,
+                        g,
                         &line[..max],
                         offset,
                         Flags::default().with(Flag::Truncated),
                     );
                 } else {
-                    ctx.line(f, line, offset, Flags::default());
+                    ctx.line(f, g, line, offset, Flags::default());
                 }
                 start += i + 1;
                 f.consumed = base + start as u64;
@@ -759,6 +996,7 @@ fn read_file(f: &mut TailedFile, ctx: &mut Ctx<'_>) -> Turn {
                 let offset = base + start as u64;
                 ctx.line(
                     f,
+                    g,
                     &chunk[start..start + max],
                     offset,
                     Flags::default().with(Flag::Truncated),
@@ -790,7 +1028,7 @@ fn read_file(f: &mut TailedFile, ctx: &mut Ctx<'_>) -> Turn {
 }
 
 /// Emits a closing file's unterminated last line and pending partial messages, flagged incomplete.
-fn finish_file(f: &mut TailedFile, ctx: &mut Ctx<'_>, size: u64) {
+fn finish_file(f: &mut TailedFile, g: &mut Group, ctx: &mut Ctx<'_>, size: u64) {
     if !f.skipping && f.pos < size {
         let len = ((size - f.pos) as usize).min(ctx.s.max_line_bytes);
         let mut tail = vec![0; len];
@@ -801,16 +1039,18 @@ fn finish_file(f: &mut TailedFile, ctx: &mut Ctx<'_>, size: u64) {
                 flags.set(Flag::Truncated);
             }
             let offset = f.pos;
-            ctx.line(f, &tail, offset, flags);
+            ctx.line(f, g, &tail, offset, flags);
             f.pos += n as u64;
             f.consumed = f.pos;
         }
     }
     let end = f.pos.max(size);
     let TailedFile {
-        decoder, record, ..
+        decoder, source, ..
     } = f;
-    decoder.flush(end, |d| ctx.emit(record, d));
+    if let Some(source) = source {
+        decoder.flush(end, |d| ctx.accept(g, &source.r, d));
+    }
 }
 
 /// The end of the last complete line before `limit` (0 if there is none in the last 64 KiB).
@@ -869,7 +1109,7 @@ mod tests {
             consumed: 0,
             skipping: false,
             decoder: Decoder::new(crate::decode::Format::Plain, s.max_line_bytes),
-            record: LogRecord::default(),
+            group: path.to_path_buf(),
             reported: None,
             matched: true,
             deleted: false,
@@ -889,6 +1129,9 @@ mod tests {
         let metrics = Metrics::default();
         let mut builder = BatchBuilder::new("h");
         let mut started = None;
+        let mut scratch = Scratch::new();
+        let rules = Rules::load(Vec::new(), None).unwrap();
+        let mut g = Group::new(Found::default(), "h", &rules);
         loop {
             let mut ctx = Ctx {
                 s,
@@ -896,9 +1139,10 @@ mod tests {
                 builder: &mut builder,
                 batch_started: &mut started,
                 metrics: &metrics,
+                scratch: &mut scratch,
                 read_time: "2026-11-28T08:00:00Z",
             };
-            let turn = read_file(f, &mut ctx);
+            let turn = read_file(f, &mut g, &mut ctx);
             *max_buf = (*max_buf).max(buf.capacity());
             if !turn.progressed {
                 break;
@@ -939,7 +1183,7 @@ mod tests {
         assert!(f.decoder.held_bytes() <= s.max_line_bytes);
         assert!(f.skipping);
         assert_eq!(
-            f.committable(),
+            f.committable(None),
             6,
             "checkpoint stays at the start of the cut line"
         );
@@ -949,7 +1193,7 @@ mod tests {
         let out = drain(&mut f, &s, &mut buf, &mut max_buf);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].message, "next");
-        assert_eq!(f.committable(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(f.committable(None), std::fs::metadata(&path).unwrap().len());
         assert!(max_buf <= s.max_line_bytes + s.read_buffer_bytes);
     }
 

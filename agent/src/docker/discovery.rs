@@ -21,6 +21,7 @@ use super::logs_api::{self, ApiItem, FollowerCtx, FollowerSignals};
 use super::meta::{ContainerMeta, LogSource};
 use super::registry::Registry;
 use crate::metrics::Metrics;
+use crate::rules::Rules;
 
 /// Time limit of one API request (streams: until their answer starts), in seconds.
 const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -45,6 +46,7 @@ enum Ended {
 pub(crate) struct Discovery {
     pub s: Settings,
     pub registry: Arc<Registry>,
+    pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
     pub api_tx: mpsc::Sender<ApiItem>,
     pub shutdown: watch::Receiver<bool>,
@@ -229,6 +231,7 @@ impl Discovery {
                 let ctx = FollowerCtx {
                     docker: docker.clone(),
                     registry: self.registry.clone(),
+                    rules: self.rules.clone(),
                     tx: self.api_tx.clone(),
                     metrics: self.metrics.clone(),
                     shutdown: self.shutdown.clone(),

@@ -20,6 +20,7 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptions;
 use bollard::Docker;
 use chrono::{SecondsFormat, Utc};
+use ferry_parsers::{Scratch, Selection};
 use ferry_wire::{BatchBuilder, Compression, Flag, Host, LogFile, LogMeta, LogRecord, Stream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
@@ -29,8 +30,9 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::registry::Registry;
 use crate::checkpoint::{Entry, Update};
-use crate::enrich::enrich_and_parse;
+use crate::enrich::parse;
 use crate::metrics::Metrics;
+use crate::rules::{ParserKey, Rules, PARSER_LABEL};
 use crate::tailer::Sealed;
 
 /// Docker's copier cuts long lines into parts of this size; a part this long without a newline
@@ -320,6 +322,7 @@ async fn seal(
 pub(crate) struct FollowerCtx {
     pub docker: Docker,
     pub registry: Arc<Registry>,
+    pub rules: Arc<Rules>,
     pub tx: mpsc::Sender<ApiItem>,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
@@ -365,6 +368,7 @@ pub(crate) async fn follow(
         let mut stream = ctx.docker.logs(&id, Some(options));
         let mut joiner = Joiner::new(&id, ctx.max_line_bytes);
         let mut template = Template::new(&ctx, &id, &fp);
+        let mut scratch = Scratch::new();
         let mut lines = Vec::new();
         let ended: Result<(), bollard::errors::Error> = loop {
             let frame = tokio::select! {
@@ -382,12 +386,12 @@ pub(crate) async fn follow(
                 Some(Ok(LogOutput::StdIn { .. })) => continue,
             };
             joiner.push(which, &bytes, &mut |l| lines.push(l));
-            if !send_lines(&ctx, &mut template, &mut lines, &mut after).await {
+            if !send_lines(&ctx, &mut template, &mut scratch, &mut lines, &mut after).await {
                 return;
             }
         };
         joiner.flush(&mut |l| lines.push(l));
-        if !send_lines(&ctx, &mut template, &mut lines, &mut after).await {
+        if !send_lines(&ctx, &mut template, &mut scratch, &mut lines, &mut after).await {
             return;
         }
         let transient = match ended {
@@ -429,10 +433,14 @@ pub(crate) async fn follow(
     let _ = ctx.tx.send(ApiItem::Forget(fp)).await;
 }
 
-/// The per-container part of every record, refreshed when the registry changes.
+/// The per-container part of every record and its parser rules, refreshed when the registry or
+/// the rules change. (Multiline rules are not applied to logs-API sources: their lines are
+/// parsed one by one.)
 struct Template {
     record: LogRecord,
     version: u64,
+    rules_version: u64,
+    selection: Selection,
     id: String,
 }
 
@@ -453,14 +461,21 @@ impl Template {
                 ..Default::default()
             },
             version: u64::MAX,
+            rules_version: u64::MAX,
+            selection: ctx
+                .rules
+                .select(&ctx.rules.current(), &ParserKey::default()),
             id: id.to_string(),
         };
-        t.refresh(&ctx.registry);
+        t.refresh(&ctx.registry, &ctx.rules);
         t
     }
 
-    fn refresh(&mut self, registry: &Registry) {
-        let v = registry.version();
+    fn refresh(&mut self, registry: &Registry, rules: &Rules) {
+        let (v, rv) = (registry.version(), rules.version());
+        if v == self.version && rv == self.rules_version {
+            return;
+        }
         if v != self.version {
             self.version = v;
             self.record.container.id = Some(self.id.clone());
@@ -470,6 +485,14 @@ impl Template {
                 &mut self.record.kubernetes,
             );
         }
+        self.rules_version = rv;
+        let key = ParserKey {
+            label: registry
+                .get(&self.id)
+                .and_then(|m| m.labels.get(PARSER_LABEL).cloned()),
+            image: self.record.container.image.name.clone(),
+        };
+        self.selection = rules.select(&rules.current(), &key);
     }
 }
 
@@ -477,13 +500,14 @@ impl Template {
 async fn send_lines(
     ctx: &FollowerCtx,
     template: &mut Template,
+    scratch: &mut Scratch,
     lines: &mut Vec<ApiLine>,
     after: &mut u64,
 ) -> bool {
     if lines.is_empty() {
         return true;
     }
-    template.refresh(&ctx.registry);
+    template.refresh(&ctx.registry, &ctx.rules);
     for line in lines.drain(..) {
         if line.offset <= *after {
             continue;
@@ -503,7 +527,7 @@ async fn send_lines(
         record.stream = Some(line.stream);
         record.log.offset = line.offset;
         record.log.flags = line.flags;
-        enrich_and_parse(&mut record);
+        parse(&mut record, &template.selection, scratch);
         if ctx
             .tx
             .send(ApiItem::Record(Box::new(record)))

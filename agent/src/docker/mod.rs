@@ -34,6 +34,7 @@ pub(crate) use registry::{ContainerGauges, Registry};
 use crate::checkpoint::Sources;
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
+use crate::rules::Rules;
 use crate::tailer::Sealed;
 
 /// How long [`start`] waits for the first listing before the tailer starts without it.
@@ -73,6 +74,7 @@ impl DockerHandle {
 pub(crate) async fn start(
     config: &AgentConfig,
     registry: Arc<Registry>,
+    rules: Arc<Rules>,
     checkpoint: &Sources,
     tx: mpsc::Sender<Sealed>,
     shutdown: watch::Receiver<bool>,
@@ -102,6 +104,7 @@ pub(crate) async fn start(
             max_line_bytes: config.max_line_bytes,
         },
         registry,
+        rules,
         metrics,
         api_tx,
         shutdown,

@@ -3,5 +3,7 @@
 
 mod docker;
 mod forward;
+mod multiline;
+mod parsing;
 mod tailer;
 mod util;
