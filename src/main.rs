@@ -12,12 +12,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's allocator: the aggregator allocates a multi-MiB buffer per batch,
-/// which glibc serves with fresh mmaps (page faults and zeroing on every request); mimalloc
-/// reuses them. Measured with the e2e harness (see README, Benchmarks).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ferry",
