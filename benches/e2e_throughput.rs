@@ -176,7 +176,9 @@ fn main() {
     let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
     println!(
         "e2e throughput ({format} log → agent (parser: {}) → aggregator, {} sink, {}):",
-        args.parser.as_deref().unwrap_or("json auto-detect only"),
+        args.parser
+            .as_deref()
+            .unwrap_or("auto-detect: JSON, then the auto rules"),
         args.sink,
         args.compression
     );

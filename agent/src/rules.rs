@@ -109,7 +109,7 @@ fn load_checked(dirs: &[PathBuf], parser: Option<&str>) -> Result<RuleSet, Vec<R
         .into_iter()
         .flat_map(|p| p.split(','))
         .map(str::trim)
-        .filter(|n| !n.is_empty() && !set.rule_names().any(|r| r == *n))
+        .filter(|n| !n.is_empty() && *n != ferry_parsers::RAW && !set.rule_names().any(|r| r == *n))
         .map(|name| RuleError {
             file: PathBuf::from("<agent config `parser`>"),
             rule: Some(name.to_string()),

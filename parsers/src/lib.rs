@@ -56,7 +56,7 @@ pub use json::{normalise_level, parse_json_message};
 pub use multiline::{Joined, Line, Multiline, MultilineConfig, MultilineJoiner, Pushed};
 pub use ops::{check_rule_files, flatten_record, parse_lines, ParseLinesError, ParseSummary};
 pub use rule::{RuleError, RuleErrorKind};
-pub use set::{Chosen, Outcome, RuleSet, Scratch, Selection};
+pub use set::{Chosen, Outcome, RuleSet, Scratch, Selection, RAW};
 
 use ferry_wire::LogRecord;
 

@@ -155,7 +155,14 @@ impl RuleSet {
             unknown: None,
             chosen: Chosen::Auto,
             label: String::new(),
+            raw: false,
         };
+        if explicit.map(str::trim) == Some(RAW) && !inner.by_name.contains_key(RAW) {
+            selection.raw = true;
+            selection.chosen = Chosen::Explicit;
+            selection.label = RAW.to_owned();
+            return selection;
+        }
         if let Some(names) = explicit.map(str::trim).filter(|n| !n.is_empty()) {
             for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 match inner.by_name.get(name) {
@@ -254,7 +261,13 @@ pub struct Selection {
     unknown: Option<String>,
     chosen: Chosen,
     label: String,
+    /// The reserved name [`RAW`] was chosen: no parsing at all, not even auto-detection.
+    raw: bool,
 }
+
+/// The reserved parser name that turns parsing off for a container (`ferry.parser=raw`): the
+/// message is kept as read, with no JSON or auto detection, at no CPU cost.
+pub const RAW: &str = "raw";
 
 /// Per-thread buffers reused across records (capture locations of each rule).
 #[derive(Debug, Default)]
@@ -308,6 +321,9 @@ impl Selection {
     /// Parses one record in place (see the crate docs for the order). Never drops anything:
     /// on a miss the message is kept and `parse.error`/`parse.rule` say why.
     pub fn apply(&self, record: &mut LogRecord, scratch: &mut Scratch) -> Outcome {
+        if self.raw {
+            return Outcome::Raw;
+        }
         let inner = &*self.inner;
         for &i in &self.candidates {
             if inner.rules[i].apply(record, scratch.locs(inner, i)) {
@@ -393,6 +409,26 @@ mod tests {
         assert_eq!(s.chosen(), Chosen::Auto);
         let s = set.select(Some("nope"), None);
         assert_eq!(s.unknown_rule(), Some("nope"));
+    }
+
+    #[test]
+    fn raw_turns_parsing_off_even_for_json_and_auto_lines() {
+        let set = RuleSet::builtin();
+        let s = set.select(Some("raw"), Some("nginx:1.27"));
+        assert_eq!((s.chosen(), s.rules()), (Chosen::Explicit, "raw"));
+        let mut scratch = Scratch::new();
+        for line in [
+            r#"{"level":"warn","msg":"json stays a string"}"#,
+            r#"10.0.0.1 - - [28/Nov/2026:08:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8""#,
+        ] {
+            let mut record = LogRecord {
+                message: line.into(),
+                ..Default::default()
+            };
+            assert_eq!(s.apply(&mut record, &mut scratch), Outcome::Raw);
+            assert_eq!(record.message, line);
+            assert!(record.fields.is_empty() && record.log.level.is_none());
+        }
     }
 
     #[test]
