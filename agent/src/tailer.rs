@@ -352,9 +352,6 @@ impl Ctx<'_> {
 struct Turn {
     progressed: bool,
     full: bool,
-    /// The turn stopped with data left to read (chunk budget used up, or the batch filled):
-    /// the loop should come back at once rather than wait for a notification.
-    more: bool,
 }
 
 /// The tailer thread's state.
@@ -694,10 +691,7 @@ impl Tailer {
                     break;
                 }
                 let turn = read_file(f, g, &mut ctx);
-                // Only a turn that left data unread makes the loop skip its wait: a file that was
-                // read to its end is read again on the next notification (or poll), so a trickle
-                // of small writes does not spin the loop once per write.
-                progressed |= turn.more;
+                progressed |= turn.progressed;
                 if !turn.full {
                     break;
                 }
@@ -1027,11 +1021,9 @@ fn read_file(f: &mut TailedFile, g: &mut Group, ctx: &mut Ctx<'_>) -> Turn {
             ctx.buf.resize(len, 0);
         }
         if turn.full || (n < want && !grow && !f.skipping) {
-            turn.more = turn.full;
             return turn;
         }
     }
-    turn.more = true;
     turn
 }
 
