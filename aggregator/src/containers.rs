@@ -11,8 +11,7 @@
 //! node's series the same way (`ferry_agent::stats::expose`); keep the two in step.
 //! This module keeps no history and never touches the queue or the sink.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,13 +20,11 @@ use ferry_wire::StatsSample;
 /// How often, at most, ingest sweeps out expired containers (rendering always does).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Label values of one container's series, in output order.
-type Labels = Vec<(&'static str, String)>;
-
 #[derive(Debug)]
 struct Entry {
-    labels: Labels,
-    metrics: BTreeMap<String, f64>,
+    /// The latest sample's labels, with every metric's latest value (a metric missing from a
+    /// newer sample keeps its value until the container expires).
+    sample: StatsSample,
     seen: Instant,
 }
 
@@ -77,17 +74,16 @@ impl Containers {
                 .entries
                 .entry((sample.host.name.clone(), id))
                 .or_insert_with(|| Entry {
-                    labels: Vec::new(),
-                    metrics: BTreeMap::new(),
+                    sample: StatsSample::default(),
                     seen: now,
                 });
-            entry.labels = labels(sample);
+            let mut metrics = std::mem::take(&mut entry.sample.metrics);
+            metrics.extend(sample.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            entry.sample = StatsSample {
+                metrics,
+                ..sample.clone()
+            };
             entry.seen = now;
-            for (name, value) in &sample.metrics {
-                if name.starts_with("container_") && valid_metric_name(name) {
-                    entry.metrics.insert(name.clone(), *value);
-                }
-            }
         }
         if now.saturating_duration_since(state.last_sweep) >= SWEEP_INTERVAL {
             self.sweep(&mut state, now);
@@ -115,145 +111,8 @@ impl Containers {
         // Stable output: containers by (host, id), families by name.
         let mut entries: Vec<_> = state.entries.iter().collect();
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        let names: BTreeSet<&str> = entries
-            .iter()
-            .flat_map(|(_, e)| e.metrics.keys().map(String::as_str))
-            .collect();
-        for name in names {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {name} {}", help(name));
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (_, entry) in &entries {
-                let Some(value) = entry.metrics.get(name) else {
-                    continue;
-                };
-                out.push_str(name);
-                out.push('{');
-                for (i, (label, v)) in entry.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(label);
-                    out.push_str("=\"");
-                    escape_label_value(out, v);
-                    out.push('"');
-                }
-                out.push_str("} ");
-                write_value(out, *value);
-                out.push('\n');
-            }
-        }
+        ferry_wire::render_container_metrics(out, entries.iter().map(|(_, e)| &e.sample));
     }
-}
-
-fn labels(s: &StatsSample) -> Labels {
-    let c = &s.container;
-    let k = &s.kubernetes;
-    let mut labels = vec![
-        ("id", c.id.clone().unwrap_or_default()),
-        ("name", c.name.clone().unwrap_or_default()),
-        ("image", c.image.name.clone().unwrap_or_default()),
-        ("host", s.host.name.clone()),
-    ];
-    for (label, value) in [
-        ("namespace", &k.namespace),
-        ("pod", &k.pod.name),
-        ("container", &k.container.name),
-    ] {
-        if let Some(v) = value {
-            labels.push((label, v.clone()));
-        }
-    }
-    labels
-}
-
-/// cAdvisor's HELP texts for the metrics ferry's agent sends.
-fn help(name: &str) -> &'static str {
-    match name {
-        "container_cpu_usage_seconds_total" => "Cumulative cpu time consumed in seconds.",
-        "container_cpu_user_seconds_total" => "Cumulative user cpu time consumed in seconds.",
-        "container_cpu_system_seconds_total" => "Cumulative system cpu time consumed in seconds.",
-        "container_cpu_cfs_periods_total" => "Number of elapsed enforcement period intervals.",
-        "container_cpu_cfs_throttled_periods_total" => "Number of throttled period intervals.",
-        "container_cpu_cfs_throttled_seconds_total" => {
-            "Total time duration the container has been throttled."
-        }
-        "container_spec_cpu_shares" => "CPU share of the container.",
-        "container_spec_cpu_quota" => "CPU quota of the container.",
-        "container_spec_cpu_period" => "CPU period of the container.",
-        "container_memory_usage_bytes" => {
-            "Current memory usage in bytes, including all memory regardless of when it was accessed."
-        }
-        "container_memory_working_set_bytes" => "Current working set in bytes.",
-        "container_memory_rss" => "Size of RSS in bytes.",
-        "container_memory_cache" => "Number of bytes of page cache memory.",
-        "container_memory_swap" => "Container swap usage in bytes.",
-        "container_memory_mapped_file" => "Size of memory mapped files in bytes.",
-        "container_memory_max_usage_bytes" => "Maximum memory usage recorded in bytes.",
-        "container_spec_memory_limit_bytes" => "Memory limit for the container (0 when unlimited).",
-        "container_oom_events_total" => "Count of out of memory events observed for the container.",
-        "container_fs_reads_bytes_total" => "Cumulative count of bytes read.",
-        "container_fs_writes_bytes_total" => "Cumulative count of bytes written.",
-        "container_fs_reads_total" => "Cumulative count of reads completed.",
-        "container_fs_writes_total" => "Cumulative count of writes completed.",
-        "container_processes" => "Number of processes running inside the container.",
-        "container_threads" => "Number of threads running inside the container.",
-        "container_threads_max" => {
-            "Maximum number of threads allowed inside the container, infinity if value is zero."
-        }
-        "container_network_receive_bytes_total" => "Cumulative count of bytes received.",
-        "container_network_receive_packets_total" => "Cumulative count of packets received.",
-        "container_network_receive_errors_total" => {
-            "Cumulative count of errors encountered while receiving."
-        }
-        "container_network_receive_packets_dropped_total" => {
-            "Cumulative count of packets dropped while receiving."
-        }
-        "container_network_transmit_bytes_total" => "Cumulative count of bytes transmitted.",
-        "container_network_transmit_packets_total" => "Cumulative count of packets transmitted.",
-        "container_network_transmit_errors_total" => {
-            "Cumulative count of errors encountered while transmitting."
-        }
-        "container_network_transmit_packets_dropped_total" => {
-            "Cumulative count of packets dropped while transmitting."
-        }
-        _ => "Container metric reported by ferry agents.",
-    }
-}
-
-/// Text-format escaping of a label value: backslash, double quote and line feed.
-fn escape_label_value(out: &mut String, value: &str) {
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-fn write_value(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else {
-        let _ = write!(out, "{v}");
-    }
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
-fn valid_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod exposition;
 mod id;
 mod record;
 
@@ -15,6 +16,7 @@ pub use batch::{
     decode_batch, decompress, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
     DecodedBatch, EncodedBatch, RecordKeys, WIRE_VERSION,
 };
+pub use exposition::{escape_label_value, render_container_metrics};
 pub use id::{event_id, source_id};
 pub use record::{
     Container, ContainerImage, Event, Flag, Host, Kubernetes, KubernetesContainer, KubernetesPod,

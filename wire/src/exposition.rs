@@ -1,0 +1,156 @@
+//! Prometheus text exposition of container stats: the series an agent serves for its own node
+//! and the aggregator serves for every host, rendered the same way on both sides from
+//! [`StatsSample`]s (cAdvisor's names, HELP texts and units; labels `id`, `name`, `image`, `host`,
+//! and `namespace`, `pod`, `container` for Kubernetes).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::record::StatsSample;
+
+/// Writes one family per metric name (sorted), one series per sample that has it.
+pub fn render_container_metrics<'a>(
+    out: &mut String,
+    samples: impl Iterator<Item = &'a StatsSample> + Clone,
+) {
+    let names: BTreeSet<&str> = samples
+        .clone()
+        .flat_map(|s| s.metrics.keys().map(String::as_str))
+        .filter(|n| n.starts_with("container_") && valid_metric_name(n))
+        .collect();
+    for name in names {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {}", help(name));
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for sample in samples.clone() {
+            let Some(value) = sample.metrics.get(name) else {
+                continue;
+            };
+            out.push_str(name);
+            write_labels(out, sample);
+            out.push(' ');
+            write_value(out, *value);
+            out.push('\n');
+        }
+    }
+}
+
+fn write_labels(out: &mut String, s: &StatsSample) {
+    let c = &s.container;
+    let k = &s.kubernetes;
+    let mut labels = vec![
+        ("id", c.id.as_deref().unwrap_or("")),
+        ("name", c.name.as_deref().unwrap_or("")),
+        ("image", c.image.name.as_deref().unwrap_or("")),
+        ("host", s.host.name.as_str()),
+    ];
+    for (label, value) in [
+        ("namespace", &k.namespace),
+        ("pod", &k.pod.name),
+        ("container", &k.container.name),
+    ] {
+        if let Some(v) = value {
+            labels.push((label, v));
+        }
+    }
+    out.push('{');
+    for (i, (label, value)) in labels.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(label);
+        out.push_str("=\"");
+        escape_label_value(out, value);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Text-format escaping of a label value: backslash, double quote and line feed.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// cAdvisor's HELP texts for the metrics ferry's agent sends.
+fn help(name: &str) -> &'static str {
+    match name {
+        "container_cpu_usage_seconds_total" => "Cumulative cpu time consumed in seconds.",
+        "container_cpu_user_seconds_total" => "Cumulative user cpu time consumed in seconds.",
+        "container_cpu_system_seconds_total" => "Cumulative system cpu time consumed in seconds.",
+        "container_cpu_cfs_periods_total" => "Number of elapsed enforcement period intervals.",
+        "container_cpu_cfs_throttled_periods_total" => "Number of throttled period intervals.",
+        "container_cpu_cfs_throttled_seconds_total" => {
+            "Total time duration the container has been throttled."
+        }
+        "container_spec_cpu_shares" => "CPU share of the container.",
+        "container_spec_cpu_quota" => "CPU quota of the container.",
+        "container_spec_cpu_period" => "CPU period of the container.",
+        "container_memory_usage_bytes" => {
+            "Current memory usage in bytes, including all memory regardless of when it was accessed."
+        }
+        "container_memory_working_set_bytes" => "Current working set in bytes.",
+        "container_memory_rss" => "Size of RSS in bytes.",
+        "container_memory_cache" => "Number of bytes of page cache memory.",
+        "container_memory_swap" => "Container swap usage in bytes.",
+        "container_memory_mapped_file" => "Size of memory mapped files in bytes.",
+        "container_memory_max_usage_bytes" => "Maximum memory usage recorded in bytes.",
+        "container_spec_memory_limit_bytes" => "Memory limit for the container (0 when unlimited).",
+        "container_oom_events_total" => "Count of out of memory events observed for the container.",
+        "container_fs_reads_bytes_total" => "Cumulative count of bytes read.",
+        "container_fs_writes_bytes_total" => "Cumulative count of bytes written.",
+        "container_fs_reads_total" => "Cumulative count of reads completed.",
+        "container_fs_writes_total" => "Cumulative count of writes completed.",
+        "container_processes" => "Number of processes running inside the container.",
+        "container_threads" => "Number of threads running inside the container.",
+        "container_threads_max" => {
+            "Maximum number of threads allowed inside the container, infinity if value is zero."
+        }
+        "container_network_receive_bytes_total" => "Cumulative count of bytes received.",
+        "container_network_receive_packets_total" => "Cumulative count of packets received.",
+        "container_network_receive_errors_total" => {
+            "Cumulative count of errors encountered while receiving."
+        }
+        "container_network_receive_packets_dropped_total" => {
+            "Cumulative count of packets dropped while receiving."
+        }
+        "container_network_transmit_bytes_total" => "Cumulative count of bytes transmitted.",
+        "container_network_transmit_packets_total" => "Cumulative count of packets transmitted.",
+        "container_network_transmit_errors_total" => {
+            "Cumulative count of errors encountered while transmitting."
+        }
+        "container_network_transmit_packets_dropped_total" => {
+            "Cumulative count of packets dropped while transmitting."
+        }
+        _ => "Container metric reported by ferry agents.",
+    }
+}
