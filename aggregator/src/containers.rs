@@ -206,7 +206,7 @@ pub(crate) mod tests {
 
 /// Through the real server: ingest → `/metrics` → expiry, and promtool reads the page.
 #[cfg(test)]
-mod server_tests {
+pub(crate) mod server_tests {
     use std::time::{Duration, Instant};
 
     use ferry_wire::{BatchBuilder, Compression};
@@ -230,7 +230,8 @@ mod server_tests {
         raw
     }
 
-    fn promtool_check(text: &str) -> Option<(bool, String)> {
+    /// `promtool check metrics` over `text`: `None` (with a note) when promtool is not installed.
+    pub(crate) fn promtool_check(text: &str) -> Option<(bool, String)> {
         use std::io::Write;
         use std::process::{Command, Stdio};
         let Ok(mut child) = Command::new("promtool")
