@@ -84,6 +84,34 @@ pub(crate) mod m {
     pub const NET_TX_DROPPED: &str = "container_network_transmit_packets_dropped_total";
 }
 
+/// Memory usage, the `memory.stat` keys named in `keys`, and cAdvisor's working set
+/// (usage minus inactive file pages, `inactive_key` in `memory.stat`), for either cgroup version.
+fn memory(
+    out: &mut BTreeMap<String, f64>,
+    usage: Option<u64>,
+    stat: Option<&str>,
+    inactive_key: &str,
+    keys: &[(&str, &str)],
+) {
+    if let Some(usage) = usage {
+        put(out, m::MEMORY_USAGE, usage as f64);
+    }
+    let Some(text) = stat else { return };
+    for (key, name) in keys {
+        if let Some(v) = cgroup::keyed(text, key) {
+            put(out, name, v as f64);
+        }
+    }
+    if let Some(usage) = usage {
+        let inactive_file = cgroup::keyed(text, inactive_key).unwrap_or(0);
+        put(
+            out,
+            m::MEMORY_WORKING_SET,
+            usage.saturating_sub(inactive_file) as f64,
+        );
+    }
+}
+
 fn put(out: &mut BTreeMap<String, f64>, name: &str, value: f64) {
     out.insert(name.to_string(), value);
 }

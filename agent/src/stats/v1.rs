@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use super::cgroup::{keyed, Reader};
-use super::{m, memory_limit, put};
+use super::{m, memory, memory_limit, put};
 
 /// USER_HZ: the unit of `cpuacct.stat` (100 on every Linux ABI the agent runs on).
 const USER_HZ: f64 = 100.0;
@@ -77,26 +77,19 @@ pub(crate) fn read(
     }
     if let Some(dir) = dirs.get("memory") {
         let usage = r.u64(dir, "memory.usage_in_bytes");
-        if let Some(usage) = usage {
-            put(out, m::MEMORY_USAGE, usage as f64);
-        }
-        if let Some(text) = r.read(dir, "memory.stat") {
-            let inactive_file = keyed(text, "total_inactive_file");
-            for (key, name) in [
+        let stat = r.read(dir, "memory.stat");
+        memory(
+            out,
+            usage,
+            stat,
+            "total_inactive_file",
+            &[
                 ("total_rss", m::MEMORY_RSS),
                 ("total_cache", m::MEMORY_CACHE),
                 ("total_swap", m::MEMORY_SWAP),
                 ("total_mapped_file", m::MEMORY_MAPPED_FILE),
-            ] {
-                if let Some(v) = keyed(text, key) {
-                    put(out, name, v as f64);
-                }
-            }
-            if let Some(usage) = usage {
-                let ws = usage.saturating_sub(inactive_file.unwrap_or(0));
-                put(out, m::MEMORY_WORKING_SET, ws as f64);
-            }
-        }
+            ],
+        );
         if let Some(v) = r.u64(dir, "memory.max_usage_in_bytes") {
             put(out, m::MEMORY_MAX_USAGE, v as f64);
         }

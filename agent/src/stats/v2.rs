@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::cgroup::{keyed, Reader};
-use super::{m, memory_limit, put};
+use super::{m, memory, memory_limit, put};
 
 pub(crate) fn read(dir: &Path, r: &mut Reader, out: &mut BTreeMap<String, f64>) {
     if let Some(text) = r.read(dir, "cpu.stat") {
@@ -42,28 +42,18 @@ pub(crate) fn read(dir: &Path, r: &mut Reader, out: &mut BTreeMap<String, f64>) 
         put(out, m::SPEC_CPU_SHARES, shares as f64);
     }
     let usage = r.u64(dir, "memory.current");
-    if let Some(usage) = usage {
-        put(out, m::MEMORY_USAGE, usage as f64);
-    }
-    if let Some(text) = r.read(dir, "memory.stat") {
-        let inactive_file = keyed(text, "inactive_file");
-        for (key, name) in [
+    let stat = r.read(dir, "memory.stat");
+    memory(
+        out,
+        usage,
+        stat,
+        "inactive_file",
+        &[
             ("anon", m::MEMORY_RSS),
             ("file", m::MEMORY_CACHE),
             ("file_mapped", m::MEMORY_MAPPED_FILE),
-        ] {
-            if let Some(v) = keyed(text, key) {
-                put(out, name, v as f64);
-            }
-        }
-        if let Some(usage) = usage {
-            put(
-                out,
-                m::MEMORY_WORKING_SET,
-                usage.saturating_sub(inactive_file.unwrap_or(0)) as f64,
-            );
-        }
-    }
+        ],
+    );
     if let Some(v) = r.u64(dir, "memory.swap.current") {
         put(out, m::MEMORY_SWAP, v as f64);
     }
