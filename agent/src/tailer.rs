@@ -43,7 +43,7 @@ use crate::checkpoint::{Entry, Sources, Update};
 use crate::config::{AgentConfig, FormatConfig, ReadFrom};
 use crate::decode::{Decoded, Decoder, Flags};
 use crate::docker::Registry;
-use crate::enrich::{format_for, parse, Enricher, Found};
+use crate::enrich::{format_for, parse_into, Enricher, Found};
 use crate::fingerprint::{fingerprint, FileKey, Head};
 use crate::metrics::{DecodeError, Metrics};
 use crate::multiline::{Assembler, Event, Piece, SourceRef};
@@ -327,8 +327,7 @@ impl Ctx<'_> {
         record.log.offset = offset;
         record.log.level = None;
         record.fields.clear();
-        parse(record, selection, self.scratch);
-        self.builder.push_log(record);
+        parse_into(self.builder, record, selection, self.scratch);
         if self.batch_started.is_none() {
             *self.batch_started = Some(Instant::now());
         }

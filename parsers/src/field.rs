@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use crate::json::normalise_level;
 use crate::time::TimeFormat;
+use crate::typed::Typed;
 
 /// Top-level keys owned by the record struct: paths under them stay dotted keys.
 const RECORD_OBJECTS: &[&str] = &["log", "host", "event", "container", "kubernetes", "stream"];
@@ -307,35 +308,48 @@ impl CaptureSpec {
         }
     }
 
-    /// Converts a captured value to JSON; the error is for `parse.error`.
-    pub(crate) fn value(&self, raw: &str) -> Result<Value, String> {
-        let raw = self.mapped(raw);
+    /// Converts a captured value that starts at byte `start` of the line; the error is for
+    /// `parse.error`. A value that is the capture itself (or a piece of it) stays a span.
+    pub(crate) fn typed(&self, raw: &str, start: usize) -> Result<Typed, String> {
+        let mapped = self.mapped(raw);
+        let is_span = std::ptr::eq(mapped, raw);
+        let raw = mapped;
         let bad = |what: &str| Err(format!("invalid {what} `{}`", truncate(raw, 64)));
+        let text = |s: usize, e: usize| {
+            if is_span {
+                Typed::Span(start + s, start + e)
+            } else {
+                Typed::Owned(raw[s..e].to_owned())
+            }
+        };
         match &self.kind {
-            Kind::String => Ok(Value::String(self.text(raw))),
-            Kind::Int => raw.parse::<i64>().map(Value::from).or_else(|_| bad("int")),
-            Kind::Float => match raw.parse::<f64>().ok().and_then(Number::from_f64) {
-                Some(n) => Ok(Value::Number(n)),
-                None => bad("float"),
+            Kind::String if self.unescape && raw.contains('\\') => Ok(Typed::Owned(unescape(raw))),
+            Kind::String => Ok(text(0, raw.len())),
+            Kind::Int => raw.parse::<i64>().map(Typed::Int).or_else(|_| bad("int")),
+            Kind::Float => match raw.parse::<f64>() {
+                Ok(f) if f.is_finite() => Ok(Typed::Float(f)),
+                _ => bad("float"),
             },
             Kind::Bool => match raw.to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => Ok(Value::Bool(true)),
-                "false" | "no" | "off" | "0" => Ok(Value::Bool(false)),
+                "true" | "yes" | "on" | "1" => Ok(Typed::Bool(true)),
+                "false" | "no" | "off" | "0" => Ok(Typed::Bool(false)),
                 _ => bad("bool"),
             },
             Kind::Ip => {
-                let bare = raw
-                    .strip_prefix('[')
-                    .and_then(|r| r.strip_suffix(']'))
-                    .unwrap_or(raw);
+                let bare = match raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                    Some(_) => 1..raw.len() - 1,
+                    None => 0..raw.len(),
+                };
                 // A zone index (`fe80::1%eth0`) is legal in logs but not in an `ip` field.
-                let addr = bare.split('%').next().unwrap_or(bare);
-                match addr.parse::<IpAddr>() {
-                    Ok(_) => Ok(Value::String(addr.to_owned())),
+                let end = raw[bare.clone()]
+                    .find('%')
+                    .map_or(bare.end, |p| bare.start + p);
+                match raw[bare.start..end].parse::<IpAddr>() {
+                    Ok(_) => Ok(text(bare.start, end)),
                     Err(_) => bad("ip"),
                 }
             }
-            Kind::Timestamp(_) | Kind::SyslogPri | Kind::Kv(_) => Ok(Value::String(raw.to_owned())),
+            Kind::Timestamp(_) | Kind::SyslogPri | Kind::Kv(_) => Ok(text(0, raw.len())),
         }
     }
 }

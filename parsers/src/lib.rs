@@ -51,6 +51,7 @@ mod ops;
 mod rule;
 mod set;
 mod time;
+mod typed;
 
 pub use json::{normalise_level, parse_json_message};
 pub use multiline::{Joined, Line, Multiline, MultilineConfig, MultilineJoiner, Pushed};

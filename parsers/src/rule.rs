@@ -20,6 +20,7 @@ use crate::field::{
 use crate::json::normalise_level;
 use crate::multiline::{Multiline, MultilineConfig};
 use crate::time::{epoch_to_time, parse_time, replace_timestamp, ReadTime};
+use crate::typed::{FieldTree, Slots};
 use ferry_wire::LogRecord;
 
 /// A rule file problem: which file, which rule (when the problem is inside one), and what.
@@ -118,7 +119,7 @@ pub(crate) struct Rule {
     pub name: String,
     pub file: PathBuf,
     pub regex: Regex,
-    captures: Vec<CaptureSpec>,
+    pub captures: Vec<CaptureSpec>,
     /// Globs without `/`, as one anchored regex on the short image name.
     image_short: Option<Regex>,
     /// Globs with `/` and `image_regex`, on the whole reference.
@@ -126,6 +127,11 @@ pub(crate) struct Rule {
     pub auto: bool,
     null_values: Vec<String>,
     pub multiline: Option<Multiline>,
+    /// The captures' fields as JSON members (see [`crate::typed`]).
+    pub tree: FieldTree,
+    /// A `kv` or `syslog_pri` capture writes fields the tree does not know: such a rule fills
+    /// `record.fields` directly instead of leaving its values in slots.
+    pub map_only: bool,
 }
 
 impl Rule {
@@ -321,6 +327,10 @@ fn compile(file: &Path, config: RuleConfig) -> Result<Rule, Vec<RuleErrorKind>> 
     }
     match regex {
         Some(regex) if errors.is_empty() => Ok(Rule {
+            tree: FieldTree::new(&captures),
+            map_only: captures
+                .iter()
+                .any(|c| matches!(c.kind, Kind::Kv(_) | Kind::SyslogPri)),
             name: config.name,
             file: file.to_owned(),
             regex,
@@ -352,12 +362,20 @@ enum NewMessage {
 
 impl Rule {
     /// Applies the rule: on a match, fills the record and returns true; on a miss, leaves the
-    /// record untouched and returns false. A matched line whose values do not convert (a bad
-    /// time, an int that is not one) keeps the other fields and gets `parse.error`.
-    pub fn apply(&self, record: &mut LogRecord, locs: &mut CaptureLocations) -> bool {
+    /// record untouched and returns false. Field values go into `slots` (or, for a
+    /// [`Rule::map_only`] rule, straight into `record.fields`). A matched line whose values do
+    /// not convert (a bad time, an int that is not one) keeps the other fields and gets
+    /// `parse.error`.
+    pub fn apply(
+        &self,
+        record: &mut LogRecord,
+        locs: &mut CaptureLocations,
+        slots: &mut Slots,
+    ) -> bool {
         if self.regex.captures_read(locs, &record.message).is_none() {
             return false;
         }
+        slots.reset(self.captures.len());
         let LogRecord {
             message,
             fields,
@@ -370,7 +388,7 @@ impl Rule {
         let mut new_message = None;
         let mut time = None;
         let mut error: Option<String> = None;
-        for spec in &self.captures {
+        for (i, spec) in self.captures.iter().enumerate() {
             let Some((s, e)) = locs.get(spec.group) else {
                 continue;
             };
@@ -424,8 +442,9 @@ impl Rule {
                     }
                 }
                 (Target::Timestamp, _) => {}
-                (Target::Field(path), _) => match spec.value(raw) {
-                    Ok(v) => insert(fields, path, v),
+                (Target::Field(path), _) => match spec.typed(raw, s) {
+                    Ok(v) if self.map_only => insert(fields, path, v.to_value(message)),
+                    Ok(v) => slots.values[i] = Some(v),
                     Err(e) => {
                         error.get_or_insert(e);
                     }
@@ -434,6 +453,9 @@ impl Rule {
         }
         if let Some(t) = time {
             replace_timestamp(timestamp, &mut event.created, t);
+        }
+        if new_message.is_some() && !self.map_only {
+            slots.keep_original(message);
         }
         match new_message {
             Some(NewMessage::Span(s, e)) => {

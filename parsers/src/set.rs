@@ -17,6 +17,7 @@ use regex::{CaptureLocations, RegexSet};
 use crate::json::parse_json_message;
 use crate::multiline::MultilineJoiner;
 use crate::rule::{load_file, set_parse_error, Rule, RuleError, RuleErrorKind};
+use crate::typed::Slots;
 
 /// The built-in library, embedded so the binary needs no files.
 const BUILTIN: &[(&str, &str)] = &[
@@ -269,11 +270,15 @@ pub struct Selection {
 /// message is kept as read, with no JSON or auto detection, at no CPU cost.
 pub const RAW: &str = "raw";
 
-/// Per-thread buffers reused across records (capture locations of each rule).
+/// Per-thread buffers reused across records (capture locations of each rule), and the typed
+/// values the last [`Selection::apply_typed`] left for [`Selection::write_fields`].
 #[derive(Debug, Default)]
 pub struct Scratch {
     generation: u64,
     locs: Vec<Option<CaptureLocations>>,
+    slots: Slots,
+    /// The rule whose values are in `slots`.
+    typed: Option<usize>,
 }
 
 impl Scratch {
@@ -281,7 +286,8 @@ impl Scratch {
         Scratch::default()
     }
 
-    fn locs(&mut self, inner: &Inner, rule: usize) -> &mut CaptureLocations {
+    /// Applies rule `rule` of `inner`, keeping its slots when it matched.
+    fn apply(&mut self, inner: &Inner, rule: usize, record: &mut LogRecord) -> bool {
         if self.generation != inner.generation {
             self.generation = inner.generation;
             self.locs.clear();
@@ -289,7 +295,13 @@ impl Scratch {
         if self.locs.len() < inner.rules.len() {
             self.locs.resize_with(inner.rules.len(), || None);
         }
-        self.locs[rule].get_or_insert_with(|| inner.rules[rule].regex.capture_locations())
+        let r = &inner.rules[rule];
+        let locs = self.locs[rule].get_or_insert_with(|| r.regex.capture_locations());
+        let matched = r.apply(record, locs, &mut self.slots);
+        if matched && !r.map_only && !r.captures.is_empty() {
+            self.typed = Some(rule);
+        }
+        matched
     }
 }
 
@@ -321,12 +333,27 @@ impl Selection {
     /// Parses one record in place (see the crate docs for the order). Never drops anything:
     /// on a miss the message is kept and `parse.error`/`parse.rule` say why.
     pub fn apply(&self, record: &mut LogRecord, scratch: &mut Scratch) -> Outcome {
+        let outcome = self.apply_typed(record, scratch);
+        if let Some(rule) = scratch.typed.take() {
+            let captures = &self.inner.rules[rule].captures;
+            scratch
+                .slots
+                .materialize(captures, &record.message, &mut record.fields);
+        }
+        outcome
+    }
+
+    /// [`Selection::apply`] for a caller that writes the record itself: a rule's typed fields
+    /// stay in `scratch` instead of `record.fields`, and [`Selection::write_fields`] appends
+    /// them to the record's JSON, with no map built in between (the agent's hot path).
+    pub fn apply_typed(&self, record: &mut LogRecord, scratch: &mut Scratch) -> Outcome {
+        scratch.typed = None;
         if self.raw {
             return Outcome::Raw;
         }
         let inner = &*self.inner;
         for &i in &self.candidates {
-            if inner.rules[i].apply(record, scratch.locs(inner, i)) {
+            if scratch.apply(inner, i, record) {
                 return Outcome::Rule;
             }
         }
@@ -369,11 +396,23 @@ impl Selection {
             return Outcome::Raw;
         };
         for &i in &inner.auto[first..] {
-            if inner.rules[i].apply(record, scratch.locs(inner, i)) {
+            if scratch.apply(inner, i, record) {
                 return Outcome::Rule;
             }
         }
         Outcome::Raw
+    }
+
+    /// Appends the typed fields the last [`Selection::apply_typed`] of `record` left in
+    /// `scratch`, as `,"key":value` members (see [`ferry_wire::BatchBuilder::push_log_with`]).
+    pub fn write_fields(&self, scratch: &Scratch, record: &LogRecord, out: &mut Vec<u8>) {
+        if let Some(rule) = scratch.typed {
+            if scratch.generation == self.inner.generation {
+                self.inner.rules[rule]
+                    .tree
+                    .write(&scratch.slots, &record.message, out);
+            }
+        }
     }
 }
 

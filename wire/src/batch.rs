@@ -98,7 +98,13 @@ impl BatchBuilder {
     }
 
     pub fn push_log(&mut self, record: &LogRecord) {
-        serde_json::to_writer(&mut self.logs, record).expect("a LogRecord always serialises");
+        self.push_log_with(record, |_| {});
+    }
+
+    /// Adds `record` with more top-level members written by `extra` (see
+    /// [`crate::write_log_record`]): the agent's parser writes its typed fields this way.
+    pub fn push_log_with(&mut self, record: &LogRecord, extra: impl FnOnce(&mut Vec<u8>)) {
+        crate::json::write_log_record(&mut self.logs, record, extra);
         self.logs.push(b'\n');
         self.log_count += 1;
     }

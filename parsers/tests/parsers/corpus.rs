@@ -2,10 +2,10 @@
 //! `rules/corpus/<rule>.jsonl` (one flattened JSON object per event, as `ferry parse` prints
 //! them). Set `FERRY_BLESS=1` to rewrite the expectations after reviewing a change.
 
-use ferry_parsers::{parse_lines, RuleSet};
+use ferry_parsers::{parse_lines, RuleSet, Scratch};
 use serde_json::Value;
 
-use crate::util::{corpus_dir, READ_TIME};
+use crate::util::{corpus_dir, record, READ_TIME};
 
 const MULTILINE: &[&str] = &["go_panic", "java_exception", "python_traceback"];
 
@@ -116,4 +116,49 @@ fn single_line_rules_reject_each_others_lines() {
             );
         }
     }
+}
+
+/// The agent writes a rule's fields straight into the batch ([`ferry_parsers::Selection::apply_typed`]
+/// and `write_fields`); everything else builds `record.fields`. Both must make the same document
+/// for every line of every corpus, under every rule (hits, misses and conversion errors) and
+/// under auto-detection, with one scratch reused throughout as the agent reuses it.
+#[test]
+fn typed_fields_make_the_same_document_as_the_field_map() {
+    let set = RuleSet::builtin();
+    let names: Vec<String> = set.rule_names().map(str::to_owned).collect();
+    let mut lines = Vec::new();
+    for name in &names {
+        let text = std::fs::read_to_string(corpus_dir().join(format!("{name}.txt"))).unwrap();
+        lines.extend(text.lines().map(str::to_owned));
+        lines.push(text); // the whole file: multiline rules see joined events
+    }
+    lines.push(r#"{"level":"warn","msg":"json line","n":1}"#.to_owned());
+    let mut selections: Vec<_> = names.iter().map(|n| set.select(Some(n), None)).collect();
+    selections.push(set.select(None, None));
+    let (mut scratch, mut typed_scratch) = (Scratch::new(), Scratch::new());
+    let mut compared = 0;
+    for selection in &selections {
+        for line in &lines {
+            let mut by_map = record(line);
+            let map_outcome = selection.apply(&mut by_map, &mut scratch);
+            let mut by_slots = record(line);
+            let typed_outcome = selection.apply_typed(&mut by_slots, &mut typed_scratch);
+            assert_eq!(map_outcome, typed_outcome);
+            let mut written = Vec::new();
+            ferry_wire::write_log_record(&mut written, &by_slots, |out| {
+                selection.write_fields(&typed_scratch, &by_slots, out)
+            });
+            let written: Value = serde_json::from_slice(&written).unwrap_or_else(|e| {
+                panic!("{}: invalid JSON for {line:?}: {e}", selection.rules())
+            });
+            assert_eq!(
+                written,
+                serde_json::to_value(&by_map).unwrap(),
+                "{}: {line:?}",
+                selection.rules()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 1000, "only {compared} documents compared");
 }

@@ -1,0 +1,203 @@
+//! A rule's fields without a map: typed values in slots, written straight into the batch.
+//!
+//! On the agent's hot path a matched rule does not build `serde_json` objects. Each capture that
+//! targets a field leaves a [`Typed`] value in its slot (a string is just the span of the line
+//! it came from), and [`FieldTree::write`] writes the slots as nested JSON members, following a
+//! tree of pre-escaped keys built once when the rule compiles. [`Slots::materialize`] turns the
+//! same slots into `record.fields` for everything else (`ferry parse`, tests): both ways go
+//! through the same conversion, so they cannot disagree.
+
+use serde_json::{Map, Number, Value};
+
+use crate::field::{insert, CaptureSpec, FieldPath, Target};
+
+/// One converted capture value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Typed {
+    /// `text[start..end]` of the line the rule matched (see [`Slots::text`]).
+    Span(usize, usize),
+    /// A value that is not a span of the line (mapped or unescaped).
+    Owned(String),
+    Int(i64),
+    /// Always finite.
+    Float(f64),
+    Bool(bool),
+}
+
+impl Typed {
+    pub(crate) fn to_value(&self, text: &str) -> Value {
+        match self {
+            Typed::Span(s, e) => Value::String(text[*s..*e].to_owned()),
+            Typed::Owned(s) => Value::String(s.clone()),
+            Typed::Int(n) => Value::from(*n),
+            Typed::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            Typed::Bool(b) => Value::Bool(*b),
+        }
+    }
+
+    fn write(&self, text: &str, out: &mut Vec<u8>) {
+        match self {
+            Typed::Span(s, e) => ferry_wire::write_str(out, &text[*s..*e]),
+            Typed::Owned(s) => ferry_wire::write_str(out, s),
+            Typed::Int(n) => ferry_wire::write_i64(out, *n),
+            Typed::Float(f) => {
+                let number = Number::from_f64(*f).map_or(Value::Null, Value::Number);
+                serde_json::to_writer(&mut *out, &number).expect("writing to a Vec cannot fail");
+            }
+            Typed::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        }
+    }
+}
+
+/// The values a rule left for one record, by capture index, and the text their spans refer to.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    pub values: Vec<Option<Typed>>,
+    /// The matched line, when the rule replaced the message (otherwise spans refer to it).
+    original: String,
+    moved: bool,
+}
+
+impl Slots {
+    /// Empties the slots for a rule with `n` captures.
+    pub(crate) fn reset(&mut self, n: usize) {
+        self.values.clear();
+        self.values.resize(n, None);
+        self.moved = false;
+    }
+
+    /// Keeps the matched line before the message is replaced.
+    pub(crate) fn keep_original(&mut self, line: &str) {
+        self.original.clear();
+        self.original.push_str(line);
+        self.moved = true;
+    }
+
+    /// The text the spans refer to, given the record's current message.
+    pub(crate) fn text<'a>(&'a self, message: &'a str) -> &'a str {
+        if self.moved {
+            &self.original
+        } else {
+            message
+        }
+    }
+
+    /// Inserts every value into `fields` (the map form of [`FieldTree::write`]).
+    pub(crate) fn materialize(
+        &self,
+        captures: &[CaptureSpec],
+        message: &str,
+        fields: &mut Map<String, Value>,
+    ) {
+        let text = self.text(message);
+        for (spec, value) in captures.iter().zip(&self.values) {
+            if let (Target::Field(path), Some(v)) = (&spec.target, value) {
+                insert(fields, path, v.to_value(text));
+            }
+        }
+    }
+}
+
+/// The JSON members a rule's fields make, as a tree of keys written once at load.
+#[derive(Debug, Default)]
+pub(crate) struct FieldTree {
+    top: Vec<Node>,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// `"key":`, escaped.
+    key: Vec<u8>,
+    name: String,
+    /// Capture indices writing this field (a later present one wins, as in the map).
+    slots: Vec<usize>,
+    children: Vec<Node>,
+}
+
+impl FieldTree {
+    /// Builds the tree of the captures that target fields.
+    pub(crate) fn new(captures: &[CaptureSpec]) -> FieldTree {
+        let mut tree = FieldTree::default();
+        for (i, spec) in captures.iter().enumerate() {
+            let Target::Field(path) = &spec.target else {
+                continue;
+            };
+            let segments: Vec<&str> = match path {
+                FieldPath::Nested(s) => s.iter().map(String::as_str).collect(),
+                FieldPath::Dotted(d) => vec![d.as_str()],
+            };
+            let mut level = &mut tree.top;
+            for (depth, seg) in segments.iter().enumerate() {
+                let at = match level.iter().position(|n| n.name == *seg) {
+                    Some(at) => at,
+                    None => {
+                        let mut key = Vec::new();
+                        ferry_wire::write_str(&mut key, seg);
+                        key.push(b':');
+                        level.push(Node {
+                            key,
+                            name: (*seg).to_owned(),
+                            slots: Vec::new(),
+                            children: Vec::new(),
+                        });
+                        level.len() - 1
+                    }
+                };
+                if depth + 1 == segments.len() {
+                    level[at].slots.push(i);
+                }
+                level = &mut level[at].children;
+            }
+        }
+        tree
+    }
+
+    /// Appends `,"key":value` for every top-level field with a value (objects only when they
+    /// hold something).
+    pub(crate) fn write(&self, slots: &Slots, message: &str, out: &mut Vec<u8>) {
+        let text = slots.text(message);
+        for node in &self.top {
+            out.push(b',');
+            if !node.write(slots, text, out) {
+                out.pop();
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Writes `"key":value`; returns false (having written nothing) when it has no value.
+    fn write(&self, slots: &Slots, text: &str, out: &mut Vec<u8>) -> bool {
+        if self.children.is_empty() {
+            let value = self
+                .slots
+                .iter()
+                .rev()
+                .find_map(|&i| slots.values[i].as_ref());
+            let Some(value) = value else { return false };
+            out.extend_from_slice(&self.key);
+            value.write(text, out);
+            return true;
+        }
+        let start = out.len();
+        out.extend_from_slice(&self.key);
+        out.push(b'{');
+        let mut any = false;
+        for child in &self.children {
+            if any {
+                out.push(b',');
+            }
+            if child.write(slots, text, out) {
+                any = true;
+            } else if any {
+                out.pop();
+            }
+        }
+        if any {
+            out.push(b'}');
+        } else {
+            out.truncate(start);
+        }
+        any
+    }
+}
