@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use ferry_wire::LogRecord;
 use serde_json::{Map, Value};
 
-use crate::time::{epoch_to_time, replace_timestamp};
+use crate::time::{epoch_to_time, format_timestamp, replace_timestamp};
 
 const RESERVED: &[&str] = &["event", "log", "container", "kubernetes", "host", "stream"];
 
@@ -84,7 +84,11 @@ fn set_time(record: &mut LogRecord, value: &Value) -> bool {
     let Some(time) = parsed else {
         return false;
     };
-    replace_timestamp(&mut record.timestamp, &mut record.event.created, time);
+    replace_timestamp(
+        &mut record.timestamp,
+        &mut record.event.created,
+        &format_timestamp(time),
+    );
     true
 }
 

@@ -19,7 +19,7 @@ use crate::field::{
 };
 use crate::json::normalise_level;
 use crate::multiline::{Multiline, MultilineConfig};
-use crate::time::{epoch_to_time, parse_time, replace_timestamp, ReadTime};
+use crate::time::{epoch_to_time, format_timestamp, replace_timestamp, ReadTime};
 use crate::typed::{FieldTree, Slots};
 use ferry_wire::LogRecord;
 
@@ -405,8 +405,8 @@ impl Rule {
                     if kv.level.is_some() {
                         log.level = kv.level;
                     }
-                    if kv.time.is_some() {
-                        time = kv.time;
+                    if let Some(t) = kv.time {
+                        time = Some(format_timestamp(t));
                     }
                 }
                 (_, Kind::SyslogPri) => match syslog_pri(fields, raw) {
@@ -429,8 +429,9 @@ impl Rule {
                 }
                 (Target::Level, _) => log.level = Some(level(spec, raw)),
                 (Target::Timestamp, Kind::Timestamp(formats)) => {
-                    match parse_time(raw, formats, &mut read_time) {
-                        Some(t) => time = Some(t),
+                    let capture = std::ptr::from_ref(spec) as usize;
+                    match slots.times.parse(capture, raw, formats, &mut read_time) {
+                        Some(t) => time = Some(t.to_owned()),
                         None => {
                             error.get_or_insert_with(|| {
                                 format!(
@@ -451,7 +452,7 @@ impl Rule {
                 },
             }
         }
-        if let Some(t) = time {
+        if let Some(t) = &time {
             replace_timestamp(timestamp, &mut event.created, t);
         }
         if new_message.is_some() && !self.map_only {

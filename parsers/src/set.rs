@@ -291,6 +291,7 @@ impl Scratch {
         if self.generation != inner.generation {
             self.generation = inner.generation;
             self.locs.clear();
+            self.slots.times = Default::default();
         }
         if self.locs.len() < inner.rules.len() {
             self.locs.resize_with(inner.rules.len(), || None);

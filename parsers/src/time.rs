@@ -125,6 +125,47 @@ pub(crate) fn parse_time(
     formats.iter().find_map(|f| f.parse(raw, read_time))
 }
 
+/// The last time text a capture read and what it became, formatted for `@timestamp`: log lines
+/// written in the same second carry the same text, so most lines skip parsing and formatting.
+/// Formats without a year are not cached (their result depends on the read time).
+#[derive(Debug, Default)]
+pub(crate) struct TimeCache {
+    /// Which capture (its address: stable while one rule set is loaded; the cache is emptied
+    /// when the set changes).
+    capture: usize,
+    raw: String,
+    formatted: Option<String>,
+}
+
+impl TimeCache {
+    /// [`parse_time`], formatted as `@timestamp` is (RFC 3339, UTC, `Z`).
+    pub(crate) fn parse(
+        &mut self,
+        capture: usize,
+        raw: &str,
+        formats: &[TimeFormat],
+        read_time: &mut ReadTime<'_>,
+    ) -> Option<&str> {
+        let cacheable = formats.iter().all(|f| {
+            !matches!(
+                f,
+                TimeFormat::Strftime {
+                    has_year: false,
+                    ..
+                }
+            )
+        });
+        if !(cacheable && self.capture == capture && self.raw == raw) {
+            self.formatted = parse_time(raw, formats, read_time)
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            self.capture = if cacheable { capture } else { 0 };
+            self.raw.clear();
+            self.raw.push_str(raw);
+        }
+        self.formatted.as_deref()
+    }
+}
+
 /// Epoch milliseconds (`millis = true`) or seconds-or-milliseconds told apart by magnitude
 /// (values above 1e11 are milliseconds).
 pub(crate) fn epoch_to_time(value: f64, millis: bool) -> Option<DateTime<Utc>> {
@@ -141,15 +182,19 @@ pub(crate) fn epoch_to_time(value: f64, millis: bool) -> Option<DateTime<Utc>> {
 
 /// Makes `time` the record's `@timestamp`, keeping the read time as `event.created` when that
 /// is not set yet.
-pub(crate) fn replace_timestamp(
-    timestamp: &mut String,
-    created: &mut Option<String>,
-    time: DateTime<Utc>,
-) {
-    if created.is_none() {
-        *created = Some(std::mem::take(timestamp));
+pub(crate) fn replace_timestamp(timestamp: &mut String, created: &mut Option<String>, time: &str) {
+    match created {
+        None => *created = Some(std::mem::replace(timestamp, time.to_owned())),
+        Some(_) => {
+            timestamp.clear();
+            timestamp.push_str(time);
+        }
     }
-    *timestamp = time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+}
+
+/// `time` as `@timestamp` writes it.
+pub(crate) fn format_timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 #[cfg(test)]
@@ -160,6 +205,39 @@ mod tests {
         let f = TimeFormat::compile(fmt).unwrap();
         parse_time(raw, &[f], &mut ReadTime::new(read))
             .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    #[test]
+    fn the_cache_answers_like_parsing_and_never_caches_year_less_formats() {
+        let with_year = [TimeFormat::compile("%d/%b/%Y:%H:%M:%S %z").unwrap()];
+        let year_less = [TimeFormat::compile("%b %e %H:%M:%S").unwrap()];
+        let mut cache = TimeCache::default();
+        let mut parse = |capture, raw: &str, formats: &[TimeFormat], read: &str| {
+            cache
+                .parse(capture, raw, formats, &mut ReadTime::new(read))
+                .map(str::to_owned)
+        };
+        let read = "2026-11-28T12:00:00Z";
+        for _ in 0..2 {
+            assert_eq!(
+                parse(1, "28/Nov/2026:09:00:00 +0100", &with_year, read).as_deref(),
+                Some("2026-11-28T08:00:00Z")
+            );
+        }
+        assert_eq!(parse(1, "not a time", &with_year, read), None);
+        assert_eq!(parse(1, "not a time", &with_year, read), None);
+        // The same text under another capture is parsed with that capture's formats.
+        assert_eq!(
+            parse(2, "28/Nov/2026:09:00:00 +0100", &year_less, read),
+            None
+        );
+        // A year-less time takes its year from each record's read time.
+        let jan = parse(3, "Dec 31 23:59:00", &year_less, "2027-01-01T00:00:10Z");
+        let dec = parse(3, "Dec 31 23:59:00", &year_less, "2026-12-31T23:59:30Z");
+        assert_eq!(jan.as_deref(), Some("2026-12-31T23:59:00Z"));
+        assert_eq!(dec.as_deref(), Some("2026-12-31T23:59:00Z"));
+        let next_year = parse(3, "Dec 31 23:59:00", &year_less, "2028-01-01T00:00:10Z");
+        assert_eq!(next_year.as_deref(), Some("2027-12-31T23:59:00Z"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use serde_json::{Map, Number, Value};
 
 use crate::field::{insert, CaptureSpec, FieldPath, Target};
+use crate::time::TimeCache;
 
 /// One converted capture value.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +57,8 @@ pub(crate) struct Slots {
     /// The matched line, when the rule replaced the message (otherwise spans refer to it).
     original: String,
     moved: bool,
+    /// The last time each capture parsed, kept across records.
+    pub times: TimeCache,
 }
 
 impl Slots {
