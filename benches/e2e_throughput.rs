@@ -4,8 +4,11 @@
 //! ```text
 //! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE] [--sink discard|local]
 //!                                        [--compression zstd|gzip|none] [--format docker|plain]
-//!                                        [--parser RULE] [--floor]
+//!                                        [--parser RULE] [--floor] [--output discard]
 //! ```
+//! `--output discard` runs the agent with `output = "discard"`: it reads, decodes, parses and
+//! encodes every line and drops the batches (the "tail → parse → discard" pipeline); the
+//! aggregator then only idles.
 //! Prints MiB/s, lines/s, CPU seconds per GiB and peak RSS of each process. A measurement, never
 //! a pass/fail threshold.
 
@@ -27,6 +30,7 @@ struct Args {
     format: String,
     parser: Option<String>,
     floor: bool,
+    discard: bool,
 }
 
 fn parse_args() -> Args {
@@ -38,6 +42,7 @@ fn parse_args() -> Args {
         format: "docker".into(),
         parser: None,
         floor: false,
+        discard: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +55,11 @@ fn parse_args() -> Args {
             "--format" => a.format = value(),
             "--parser" => a.parser = Some(value()),
             "--floor" => a.floor = true,
+            "--output" => {
+                let v = value();
+                assert!(v == "discard", "--output takes `discard`, not {v:?}");
+                a.discard = true;
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -133,27 +143,45 @@ fn main() {
     if let Some(rule) = &args.parser {
         agent_extra.push_str(&format!("parser = \"{rule}\"\n"));
     }
+    if args.discard {
+        agent_extra.push_str("output = \"discard\"\n");
+    }
     let config = w.config(
         &agent_extra,
         &format!("sink = {{ type = \"{}\" }}\n", args.sink),
     );
+    // The agent's /metrics on a known port, to follow a discarding agent's progress.
+    let agent_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "metrics_listen = \"127.0.0.1:0\"",
+        &format!("metrics_listen = \"{agent_metrics}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let destination = if args.discard {
+        "agent output = discard".to_owned()
+    } else {
+        format!("aggregator, {} sink, {}", args.sink, args.compression)
+    };
 
     let aggregator = w.start_aggregator(&config);
     let started = Instant::now();
     let agent = w.start_agent(&config);
     eprintln!(
-        "pushing {lines} lines ({:.1} MiB, {format}) through agent → aggregator ({} sink, {}) …",
+        "pushing {lines} lines ({:.1} MiB, {format}) through agent → {destination} …",
         size as f64 / 1048576.0,
-        args.sink,
-        args.compression
     );
     let addr = w.agg_addr();
     let mut last_print = Instant::now();
     let peak = loop {
-        let page = http(addr, "GET", "/metrics", &[], b"")
+        let (from, counter) = if args.discard {
+            (agent_metrics, "ferry_agent_records_discarded_total")
+        } else {
+            (addr, "ferry_sink_records_total")
+        };
+        let page = http(from, "GET", "/metrics", &[], b"")
             .map(|r| r.body)
             .unwrap_or_default();
-        let done = metric(&page, "ferry_sink_records_total") as u64;
+        let done = metric(&page, counter) as u64;
         let usage_now = (usage(agent.child.id()), usage(aggregator.child.id()));
         if done >= lines {
             break usage_now;
@@ -175,12 +203,10 @@ fn main() {
     let gib = size as f64 / (1u64 << 30) as f64;
     let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
     println!(
-        "e2e throughput ({format} log → agent (parser: {}) → aggregator, {} sink, {}):",
+        "e2e throughput ({format} log → agent (parser: {}) → {destination}):",
         args.parser
             .as_deref()
             .unwrap_or("auto-detect: JSON, then the auto rules"),
-        args.sink,
-        args.compression
     );
     println!(
         "  input          {:.1} MiB, {lines} lines",

@@ -20,6 +20,11 @@ pub struct AgentConfig {
     /// Directory for the checkpoint file (`checkpoints.json`) and dead-lettered batches
     /// (`dead-letter/`). Created at start if missing. Default `/var/lib/ferry/agent`.
     pub data_dir: PathBuf,
+    /// Where batches go: `aggregator` (default) posts them to `aggregator_url`; `discard` drops
+    /// each batch once it is built (lines read, decoded, parsed and encoded, then thrown away,
+    /// with checkpoints advancing as if delivered). `discard` is for measuring the agent's own
+    /// cost and trying rules on a node's real logs; it delivers nothing, and says so at start.
+    pub output: OutputConfig,
     /// Base URL of the aggregator; batches are posted to `{aggregator_url}/v1/batches`.
     /// Only `http://` is supported. Default `http://127.0.0.1:7480`.
     pub aggregator_url: String,
@@ -145,6 +150,15 @@ pub enum ReadFrom {
     End,
 }
 
+/// Where batches go (see [`AgentConfig::output`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputConfig {
+    #[default]
+    Aggregator,
+    Discard,
+}
+
 /// Batch body compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -268,6 +282,7 @@ impl Default for AgentConfig {
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_records: default_batch_max_records(),
             batch_max_age_ms: default_batch_max_age_ms(),
+            output: OutputConfig::Aggregator,
             compression: CompressionConfig::Zstd,
             compression_level: default_compression_level(),
             backoff_initial_ms: default_backoff_initial_ms(),
@@ -421,6 +436,9 @@ impl AgentConfig {
     }
 
     pub(crate) fn wire_compression(&self) -> ferry_wire::Compression {
+        if self.output == OutputConfig::Discard {
+            return ferry_wire::Compression::None; // nothing travels
+        }
         match self.compression {
             CompressionConfig::None => ferry_wire::Compression::None,
             CompressionConfig::Zstd => ferry_wire::Compression::Zstd {

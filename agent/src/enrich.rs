@@ -44,7 +44,9 @@ pub(crate) fn parse_into(
     scratch: &mut Scratch,
 ) {
     selection.apply_typed(record, scratch);
-    builder.push_log_with(record, |out| selection.write_fields(scratch, record, out));
+    builder.push_log_with(record, |out, plain| {
+        selection.write_fields(scratch, record, plain, out)
+    });
 }
 
 /// The decoding format of a file found at `path`.

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{write_file, Checkpointer};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, OutputConfig};
 use crate::metrics::{Metrics, SendError};
 use crate::tailer::Sealed;
 
@@ -162,6 +162,8 @@ pub(crate) struct Forwarder {
     last_write: Instant,
     dead_letter_dir: PathBuf,
     dead_letter_seq: u64,
+    /// `output = "discard"`: batches are dropped, not sent.
+    discard: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -206,6 +208,7 @@ impl Forwarder {
             last_write: Instant::now(),
             dead_letter_dir: config.data_dir.join("dead-letter"),
             dead_letter_seq: 0,
+            discard: config.output == OutputConfig::Discard,
             metrics,
         }
     }
@@ -264,6 +267,13 @@ impl Forwarder {
 
     /// Delivers one sealed batch (splitting on 413). `false` if the shutdown deadline passed first.
     async fn deliver(&mut self, batch: EncodedBatch) -> bool {
+        if self.discard {
+            self.metrics.batches_discarded.fetch_add(1, Relaxed);
+            self.metrics
+                .records_discarded
+                .fetch_add(batch.logs as u64, Relaxed);
+            return true;
+        }
         let mut queue = VecDeque::from([batch]);
         while let Some(batch) = queue.pop_front() {
             match self.send_until_answered(&batch).await {

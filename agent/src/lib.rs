@@ -43,7 +43,8 @@ use tracing::{info, warn};
 
 pub use checkpoint::CheckpointError;
 pub use config::{
-    AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, ReadFrom,
+    AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, OutputConfig,
+    ReadFrom,
 };
 pub use ferry_parsers::RuleError;
 pub use rules::RulesError;
@@ -202,6 +203,9 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     let forwarder = tokio::spawn(forwarder.run(rx));
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown_rx));
     info!(aggregator = %config.aggregator_url, metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
+    if config.output == OutputConfig::Discard {
+        warn!("output = \"discard\": records are read, parsed and encoded, then dropped; nothing is delivered and checkpoints advance as if it were");
+    }
     Ok(AgentHandle {
         metrics,
         metrics_addr,

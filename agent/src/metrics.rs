@@ -104,6 +104,9 @@ pub(crate) struct Metrics {
     pub lines_truncated: AtomicU64,
     pub records_sent: AtomicU64,
     pub batches_sent: AtomicU64,
+    /// `output = "discard"`: what was built and dropped.
+    pub records_discarded: AtomicU64,
+    pub batches_discarded: AtomicU64,
     pub dead_letter_batches: AtomicU64,
     /// Errors of any kind (send, read, checkpoint, dead letter), for the status.
     pub errors: AtomicU64,
@@ -201,6 +204,18 @@ impl Metrics {
             "counter",
             "Batches acknowledged by the aggregator.",
             self.batches_sent.load(Relaxed),
+        );
+        simple(
+            "ferry_agent_records_discarded_total",
+            "counter",
+            "Records built and dropped because output = \"discard\".",
+            self.records_discarded.load(Relaxed),
+        );
+        simple(
+            "ferry_agent_batches_discarded_total",
+            "counter",
+            "Batches built and dropped because output = \"discard\".",
+            self.batches_discarded.load(Relaxed),
         );
         simple(
             "ferry_agent_lines_truncated_total",

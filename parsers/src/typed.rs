@@ -36,10 +36,16 @@ impl Typed {
         }
     }
 
-    fn write(&self, text: &str, out: &mut Vec<u8>) {
+    /// `plain`: `text` needs no JSON escaping.
+    fn write(&self, text: &str, plain: bool, out: &mut Vec<u8>) {
         match self {
-            Typed::Span(s, e) => ferry_wire::write_str(out, &text[*s..*e]),
-            Typed::Owned(s) => ferry_wire::write_str(out, s),
+            Typed::Span(s, e) if plain => ferry_wire::write_plain_str(out, &text[*s..*e]),
+            Typed::Span(s, e) => {
+                ferry_wire::write_str(out, &text[*s..*e]);
+            }
+            Typed::Owned(s) => {
+                ferry_wire::write_str(out, s);
+            }
             Typed::Int(n) => ferry_wire::write_i64(out, *n),
             Typed::Float(f) => {
                 let number = Number::from_f64(*f).map_or(Value::Null, Value::Number);
@@ -156,12 +162,19 @@ impl FieldTree {
     }
 
     /// Appends `,"key":value` for every top-level field with a value (objects only when they
-    /// hold something).
-    pub(crate) fn write(&self, slots: &Slots, message: &str, out: &mut Vec<u8>) {
+    /// hold something). `plain_message`: the record's message needed no JSON escaping.
+    pub(crate) fn write(
+        &self,
+        slots: &Slots,
+        message: &str,
+        plain_message: bool,
+        out: &mut Vec<u8>,
+    ) {
         let text = slots.text(message);
+        let plain = plain_message && !slots.moved;
         for node in &self.top {
             out.push(b',');
-            if !node.write(slots, text, out) {
+            if !node.write(slots, text, plain, out) {
                 out.pop();
             }
         }
@@ -170,16 +183,19 @@ impl FieldTree {
 
 impl Node {
     /// Writes `"key":value`; returns false (having written nothing) when it has no value.
-    fn write(&self, slots: &Slots, text: &str, out: &mut Vec<u8>) -> bool {
+    fn write(&self, slots: &Slots, text: &str, plain: bool, out: &mut Vec<u8>) -> bool {
         if self.children.is_empty() {
-            let value = self
-                .slots
-                .iter()
-                .rev()
-                .find_map(|&i| slots.values[i].as_ref());
+            let value = match self.slots[..] {
+                [one] => slots.values[one].as_ref(),
+                _ => self
+                    .slots
+                    .iter()
+                    .rev()
+                    .find_map(|&i| slots.values[i].as_ref()),
+            };
             let Some(value) = value else { return false };
             out.extend_from_slice(&self.key);
-            value.write(text, out);
+            value.write(text, plain, out);
             return true;
         }
         let start = out.len();
@@ -190,7 +206,7 @@ impl Node {
             if any {
                 out.push(b',');
             }
-            if child.write(slots, text, out) {
+            if child.write(slots, text, plain, out) {
                 any = true;
             } else if any {
                 out.pop();

@@ -136,12 +136,12 @@ impl BatchBuilder {
     }
 
     pub fn push_log(&mut self, record: &LogRecord) {
-        self.push_log_with(record, |_| {});
+        self.push_log_with(record, |_, _| {});
     }
 
     /// Adds `record` with more top-level members written by `extra` (see
     /// [`crate::write_log_record`]): the agent's parser writes its typed fields this way.
-    pub fn push_log_with(&mut self, record: &LogRecord, extra: impl FnOnce(&mut Vec<u8>)) {
+    pub fn push_log_with(&mut self, record: &LogRecord, extra: impl FnOnce(&mut Vec<u8>, bool)) {
         crate::json::write_log_record(&mut self.logs, record, extra);
         self.logs.push(b'\n');
         self.log_count += 1;

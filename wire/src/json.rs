@@ -10,8 +10,13 @@ use crate::record::{Container, Flag, Kubernetes, LogRecord, Stream};
 
 /// Appends `record` as one JSON object. `extra` writes more members just before the closing
 /// brace, each starting with `,` (the object always has members before them); it must not repeat
-/// a key the record already has.
-pub fn write_log_record(out: &mut Vec<u8>, record: &LogRecord, extra: impl FnOnce(&mut Vec<u8>)) {
+/// a key the record already has. Its second argument is true when the message needed no
+/// escaping, so that any piece of it can be copied into a JSON string as it is.
+pub fn write_log_record(
+    out: &mut Vec<u8>,
+    record: &LogRecord,
+    extra: impl FnOnce(&mut Vec<u8>, bool),
+) {
     out.extend_from_slice(b"{\"event\":{");
     if let Some(ingested) = &record.event.ingested {
         out.extend_from_slice(b"\"ingested\":");
@@ -27,7 +32,7 @@ pub fn write_log_record(out: &mut Vec<u8>, record: &LogRecord, extra: impl FnOnc
     out.extend_from_slice(b"},\"@timestamp\":");
     write_str(out, &record.timestamp);
     out.extend_from_slice(b",\"message\":");
-    write_str(out, &record.message);
+    let plain_message = write_str(out, &record.message);
     if let Some(stream) = record.stream {
         out.extend_from_slice(match stream {
             Stream::Stdout => b",\"stream\":\"stdout\"",
@@ -74,7 +79,7 @@ pub fn write_log_record(out: &mut Vec<u8>, record: &LogRecord, extra: impl FnOnc
         out.push(b':');
         serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
-    extra(out);
+    extra(out, plain_message);
     out.push(b'}');
 }
 
@@ -192,8 +197,9 @@ fn needs_escape(w: u64) -> bool {
     (zero(w ^ (LANES * u64::from(b'"'))) | zero(w ^ (LANES * u64::from(b'\\'))) | control) != 0
 }
 
-/// Appends `s` as a JSON string, escaped the way serde_json escapes it.
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as a JSON string, escaped the way serde_json escapes it. Returns true when
+/// nothing needed escaping.
+pub fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0; // first byte not yet copied
@@ -233,7 +239,22 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         }
         i = end;
     }
+    let plain = start == 0; // nothing was escaped
     out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+    plain
+}
+
+fn needs_escape_byte(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+/// Appends `s` as a JSON string as it is: only for text known to need no escaping (a piece of
+/// a string [`write_str`] returned true for).
+pub fn write_plain_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!s.bytes().any(needs_escape_byte), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
     out.push(b'"');
 }
 
@@ -319,7 +340,7 @@ mod tests {
         for _ in 0..5_000 {
             let record = random_record(&mut rng);
             out.clear();
-            write_log_record(&mut out, &record, |_| {});
+            write_log_record(&mut out, &record, |_, _| {});
             let expected = serde_json::to_vec(&record).unwrap();
             assert_eq!(
                 String::from_utf8_lossy(&out),
@@ -349,7 +370,9 @@ mod tests {
     fn extra_members_go_before_the_closing_brace() {
         let record = LogRecord::default();
         let mut out = Vec::new();
-        write_log_record(&mut out, &record, |out| out.extend_from_slice(b",\"x\":1"));
+        write_log_record(&mut out, &record, |out, _| {
+            out.extend_from_slice(b",\"x\":1")
+        });
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["x"], 1);
         assert_eq!(value["host"]["name"], "");
