@@ -80,9 +80,16 @@ pub struct EncodedBatch {
 }
 
 /// Collects records into the NDJSON body of one batch.
-#[derive(Debug, Default)]
+///
+/// The log records are written after room left for the header line, so that a sealed batch is
+/// one contiguous buffer: the header (whose counts are only known at the end) is written into
+/// the end of that room and the body compressed from there, with no copy of the records.
+#[derive(Debug)]
 pub struct BatchBuilder {
     host: String,
+    /// The longest header line this builder can write.
+    room: usize,
+    /// `room` bytes, then the log records.
     logs: Vec<u8>,
     stats: Vec<u8>,
     log_count: usize,
@@ -90,15 +97,11 @@ pub struct BatchBuilder {
     zstd: ZstdContext,
 }
 
-/// One zstd compression context, kept across batches: a batch is compressed in one call over
-/// one contiguous buffer, which saves setting a context up per batch and zstd's slower path for
-/// input that wraps around its window (measured: a fifth of the compression time).
+/// One zstd compression context, kept across batches (no context set up per batch).
 #[derive(Default)]
 struct ZstdContext {
     level: i32,
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    /// Header, logs and stats, joined.
-    joined: Vec<u8>,
 }
 
 impl std::fmt::Debug for ZstdContext {
@@ -110,28 +113,40 @@ impl std::fmt::Debug for ZstdContext {
 }
 
 impl ZstdContext {
-    fn compress(&mut self, parts: [&[u8]; 3], level: i32) -> Vec<u8> {
+    fn compress(&mut self, data: &[u8], level: i32) -> Vec<u8> {
         if self.compressor.is_none() || self.level != level {
             self.compressor =
                 Some(zstd::bulk::Compressor::new(level).expect("zstd context allocates"));
             self.level = level;
         }
         let compressor = self.compressor.as_mut().expect("just set");
-        self.joined.clear();
-        for part in parts {
-            self.joined.extend_from_slice(part);
-        }
         compressor
-            .compress(&self.joined)
+            .compress(data)
             .expect("zstd compresses any input into a Vec")
     }
 }
 
 impl BatchBuilder {
     pub fn new(host: impl Into<String>) -> Self {
+        let host = host.into();
+        let longest = BatchHeader {
+            ferry: WIRE_VERSION,
+            host: host.clone(),
+            logs: usize::MAX,
+            stats: usize::MAX,
+        };
+        let room = serde_json::to_vec(&longest)
+            .expect("header serialises")
+            .len()
+            + 1;
         BatchBuilder {
-            host: host.into(),
-            ..Default::default()
+            host,
+            room,
+            logs: vec![b' '; room],
+            stats: Vec::new(),
+            log_count: 0,
+            stats_count: 0,
+            zstd: ZstdContext::default(),
         }
     }
 
@@ -164,7 +179,7 @@ impl BatchBuilder {
 
     /// Uncompressed size of the records collected so far.
     pub fn bytes(&self) -> usize {
-        self.logs.len() + self.stats.len()
+        self.logs.len() - self.room + self.stats.len()
     }
 
     /// Seals the batch and leaves the builder empty (buffers keep their capacity).
@@ -177,26 +192,20 @@ impl BatchBuilder {
         };
         let mut head = serde_json::to_vec(&header).expect("header serialises");
         head.push(b'\n');
-        let raw_bytes = head.len() + self.logs.len() + self.stats.len();
+        let start = self.room - head.len();
+        self.logs[start..self.room].copy_from_slice(&head);
+        self.logs.extend_from_slice(&self.stats);
+        let data = &self.logs[start..];
+        let raw_bytes = data.len();
         let body = match compression {
-            Compression::None => {
-                let mut body = Vec::with_capacity(raw_bytes);
-                body.extend_from_slice(&head);
-                body.extend_from_slice(&self.logs);
-                body.extend_from_slice(&self.stats);
-                body
-            }
+            Compression::None => data.to_vec(),
             Compression::Gzip { level } => {
                 let out = Vec::with_capacity(raw_bytes / 6 + 64);
                 let mut enc = GzEncoder::new(out, flate2::Compression::new(level.min(9)));
-                for part in [&head[..], &self.logs, &self.stats] {
-                    enc.write_all(part).expect("writing to a Vec cannot fail");
-                }
+                enc.write_all(data).expect("writing to a Vec cannot fail");
                 enc.finish().expect("writing to a Vec cannot fail")
             }
-            Compression::Zstd { level } => self
-                .zstd
-                .compress([&head[..], &self.logs, &self.stats], level),
+            Compression::Zstd { level } => self.zstd.compress(data, level),
         };
         let batch = EncodedBatch {
             body,
@@ -205,7 +214,7 @@ impl BatchBuilder {
             stats: self.stats_count,
             raw_bytes,
         };
-        self.logs.clear();
+        self.logs.truncate(self.room);
         self.stats.clear();
         self.log_count = 0;
         self.stats_count = 0;
@@ -505,7 +514,19 @@ mod tests {
             Compression::Gzip { level: 1 },
             Compression::Zstd { level: 1 },
         ] {
-            let mut b = BatchBuilder::new("node");
+            // The header is written into room left before the records: a host name that needs
+            // escaping, and a builder used for several batches of different sizes.
+            let mut b = BatchBuilder::new("nöde \"1\"");
+            for n in [3, 0] {
+                for r in (0..n).map(record) {
+                    b.push_log(&r);
+                }
+                let dec = decode_batch(&b.finish(compression).body, compression, 1 << 20).unwrap();
+                assert_eq!(
+                    (dec.header.host.as_str(), dec.logs.len()),
+                    ("nöde \"1\"", n as usize)
+                );
+            }
             let records: Vec<_> = (0..50).map(record).collect();
             for r in &records {
                 b.push_log(r);

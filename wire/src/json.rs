@@ -192,9 +192,17 @@ const HIGH: u64 = 0x8080_8080_8080_8080;
 /// "has a zero byte" bit trick, which never misses one (it may misplace it, which does not
 /// matter here: a flagged chunk is escaped byte by byte).
 fn needs_escape(w: u64) -> bool {
+    escape_bits(w) != 0
+}
+
+fn escape_bits(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(LANES) & !v & HIGH;
     let control = w.wrapping_sub(LANES * 0x20) & !w & HIGH;
-    (zero(w ^ (LANES * u64::from(b'"'))) | zero(w ^ (LANES * u64::from(b'\\'))) | control) != 0
+    zero(w ^ (LANES * u64::from(b'"'))) | zero(w ^ (LANES * u64::from(b'\\'))) | control
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("eight bytes"))
 }
 
 /// Appends `s` as a JSON string, escaped the way serde_json escapes it. Returns true when
@@ -205,9 +213,15 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
     let mut start = 0; // first byte not yet copied
     let mut i = 0;
     while i < bytes.len() {
+        // Sixteen bytes a turn while nothing needs escaping, then eight.
+        if let Some(chunk) = bytes.get(i..i + 16) {
+            if escape_bits(word(&chunk[..8])) | escape_bits(word(&chunk[8..])) == 0 {
+                i += 16;
+                continue;
+            }
+        }
         if let Some(chunk) = bytes.get(i..i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            if !needs_escape(w) {
+            if !needs_escape(word(chunk)) {
                 i += 8;
                 continue;
             }
