@@ -445,7 +445,7 @@ impl Rule {
                 (Target::Timestamp, _) => {}
                 (Target::Field(path), _) => match spec.typed(raw, s) {
                     Ok(v) if self.map_only => insert(fields, path, v.to_value(message)),
-                    Ok(v) => slots.values[i] = Some(v),
+                    Ok(v) => slots.set(i, v),
                     Err(e) => {
                         error.get_or_insert(e);
                     }

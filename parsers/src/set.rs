@@ -279,6 +279,8 @@ pub struct Scratch {
     slots: Slots,
     /// The rule whose values are in `slots`.
     typed: Option<usize>,
+    /// Position in the auto rules of the one that read the last auto-detected line.
+    last_auto: Option<usize>,
 }
 
 impl Scratch {
@@ -292,6 +294,7 @@ impl Scratch {
             self.generation = inner.generation;
             self.locs.clear();
             self.slots.times = Default::default();
+            self.last_auto = None;
         }
         if self.locs.len() < inner.rules.len() {
             self.locs.resize_with(inner.rules.len(), || None);
@@ -393,11 +396,26 @@ impl Selection {
         let Some(set) = &inner.auto_set else {
             return Outcome::Raw;
         };
+        // A container's lines are mostly of one format: the auto rule that read the last line
+        // is tried first, without the pass of the whole set. The result is the same as the
+        // set's: it is taken only when no auto rule before it matches the line.
+        if let Some(pos) = scratch
+            .last_auto
+            .filter(|_| scratch.generation == inner.generation)
+        {
+            let earlier_match = inner.auto[..pos]
+                .iter()
+                .any(|&j| inner.rules[j].regex.is_match(&record.message));
+            if !earlier_match && scratch.apply(inner, inner.auto[pos], record) {
+                return Outcome::Rule;
+            }
+        }
         let Some(first) = set.matches(&record.message).iter().next() else {
             return Outcome::Raw;
         };
-        for &i in &inner.auto[first..] {
+        for (pos, &i) in inner.auto.iter().enumerate().skip(first) {
             if scratch.apply(inner, i, record) {
+                scratch.last_auto = Some(pos);
                 return Outcome::Rule;
             }
         }

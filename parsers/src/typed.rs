@@ -59,7 +59,9 @@ impl Typed {
 /// The values a rule left for one record, by capture index, and the text their spans refer to.
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
-    pub values: Vec<Option<Typed>>,
+    values: Vec<Option<Typed>>,
+    /// Bit `min(i, 63)` is set when slot `i` holds a value.
+    present: u64,
     /// The matched line, when the rule replaced the message (otherwise spans refer to it).
     original: String,
     moved: bool,
@@ -72,7 +74,14 @@ impl Slots {
     pub(crate) fn reset(&mut self, n: usize) {
         self.values.clear();
         self.values.resize(n, None);
+        self.present = 0;
         self.moved = false;
+    }
+
+    /// Puts capture `i`'s value in its slot.
+    pub(crate) fn set(&mut self, i: usize, value: Typed) {
+        self.values[i] = Some(value);
+        self.present |= bit(i);
     }
 
     /// Keeps the matched line before the message is replaced.
@@ -113,10 +122,18 @@ pub(crate) struct FieldTree {
     top: Vec<Node>,
 }
 
+/// The presence bit of slot `i` (slots from 63 on share one: a set bit may then be a false
+/// alarm, which only costs writing an object and taking it back).
+fn bit(i: usize) -> u64 {
+    1 << i.min(63)
+}
+
 #[derive(Debug)]
 struct Node {
     /// `"key":`, escaped.
     key: Vec<u8>,
+    /// The presence bits of every slot at or under this node.
+    under: u64,
     name: String,
     /// Capture indices writing this field (a later present one wins, as in the map).
     slots: Vec<usize>,
@@ -145,6 +162,7 @@ impl FieldTree {
                         key.push(b':');
                         level.push(Node {
                             key,
+                            under: 0,
                             name: (*seg).to_owned(),
                             slots: Vec::new(),
                             children: Vec::new(),
@@ -152,6 +170,7 @@ impl FieldTree {
                         level.len() - 1
                     }
                 };
+                level[at].under |= bit(i);
                 if depth + 1 == segments.len() {
                     level[at].slots.push(i);
                 }
@@ -172,7 +191,7 @@ impl FieldTree {
     ) {
         let text = slots.text(message);
         let plain = plain_message && !slots.moved;
-        for node in &self.top {
+        for node in self.top.iter().filter(|n| n.under & slots.present != 0) {
             out.push(b',');
             if !node.write(slots, text, plain, out) {
                 out.pop();
@@ -202,7 +221,11 @@ impl Node {
         out.extend_from_slice(&self.key);
         out.push(b'{');
         let mut any = false;
-        for child in &self.children {
+        for child in self
+            .children
+            .iter()
+            .filter(|n| n.under & slots.present != 0)
+        {
             if any {
                 out.push(b',');
             }

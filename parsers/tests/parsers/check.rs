@@ -182,3 +182,43 @@ m = "message"
         .starts_with("timestamp"));
     assert_eq!(r.fields["parse"]["rule"], "billing");
 }
+
+/// Auto-detection tries the rule that read the previous line first, but the answer stays the
+/// set's: the first auto rule, in order, that matches.
+#[test]
+fn auto_detection_keeps_rule_order_whatever_read_the_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir,
+        "overlap.toml",
+        r#"
+[[rule]]
+name = "strict"
+auto = true
+pattern = '^x(?P<n>\d+)$'
+[rule.captures]
+n = { field = "strict.n", type = "int" }
+
+[[rule]]
+name = "loose"
+auto = true
+pattern = '^x?(?P<n>\d+)$'
+[rule.captures]
+n = { field = "loose.n", type = "int" }
+"#,
+    );
+    let set = RuleSet::load(&[dir.path().to_owned()], false).unwrap();
+    let selection = set.select(None, None);
+    let mut scratch = Scratch::new();
+    for (line, rule) in [
+        ("5", "loose"),
+        ("x6", "strict"),
+        ("7", "loose"),
+        ("8", "loose"),
+    ] {
+        let mut r = record(line);
+        selection.apply(&mut r, &mut scratch);
+        assert!(r.fields.contains_key(rule), "{line}: {:?}", r.fields);
+        assert_eq!(r.fields.len(), 1, "{line}: {:?}", r.fields);
+    }
+}
