@@ -77,6 +77,8 @@ pub(crate) struct Settings {
     pub batch_max_records: usize,
     pub batch_max_age: Duration,
     pub compression: Compression,
+    /// `output = "discard"`: batches are counted and dropped, not encoded into a body.
+    pub discard: bool,
     pub host_name: String,
     pub labels_allowlist: Vec<String>,
 }
@@ -102,6 +104,7 @@ impl Settings {
             batch_max_records: c.batch_max_records,
             batch_max_age: Duration::from_millis(c.batch_max_age_ms),
             compression: c.wire_compression(),
+            discard: c.output == crate::config::OutputConfig::Discard,
             host_name: c.host_name.clone(),
             labels_allowlist: c.container_labels_allowlist.clone(),
         }
@@ -807,7 +810,10 @@ impl Tailer {
         if self.builder.is_empty() && updates.is_empty() {
             return true;
         }
-        let batch = (!self.builder.is_empty()).then(|| self.builder.finish(self.s.compression));
+        let batch = (!self.builder.is_empty()).then(|| match self.s.discard {
+            true => self.builder.discard(),
+            false => self.builder.finish(self.s.compression),
+        });
         self.batch_started = None;
         if let Some(b) = &batch {
             debug!(

@@ -182,6 +182,23 @@ impl BatchBuilder {
         self.logs.len() - self.room + self.stats.len()
     }
 
+    /// Empties the builder like [`BatchBuilder::finish`] without making a body: the batch has its
+    /// counts and sizes and nothing to send (for an agent whose output discards).
+    pub fn discard(&mut self) -> EncodedBatch {
+        let batch = EncodedBatch {
+            body: Vec::new(),
+            compression: Compression::None,
+            logs: self.log_count,
+            stats: self.stats_count,
+            raw_bytes: self.bytes(),
+        };
+        self.logs.truncate(self.room);
+        self.stats.clear();
+        self.log_count = 0;
+        self.stats_count = 0;
+        batch
+    }
+
     /// Seals the batch and leaves the builder empty (buffers keep their capacity).
     pub fn finish(&mut self, compression: Compression) -> EncodedBatch {
         let header = BatchHeader {

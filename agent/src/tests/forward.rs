@@ -254,3 +254,26 @@ async fn metrics_and_health_are_served() {
     assert!(metrics.contains("ferry_agent_files_tailed 1"), "{metrics}");
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_discard_builds_every_record_sends_nothing_and_moves_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("a", 0..500));
+    let size = std::fs::metadata(&log).unwrap().len();
+    let agg = TestAggregator::start().await;
+    let mut c = config(dir.path(), &agg.url());
+    c.output = crate::config::OutputConfig::Discard;
+    let agent = crate::start(c).await.unwrap();
+    wait_until("checkpoint at end of file", || {
+        checkpoint_offsets(dir.path()).values().any(|o| *o == size)
+    })
+    .await;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(agent.metrics.records_discarded.load(Relaxed), 500);
+    assert!(agent.metrics.batches_discarded.load(Relaxed) >= 1);
+    assert_eq!(agent.metrics.records_sent.load(Relaxed), 0);
+    assert!(agg.requests().is_empty(), "{:?}", agg.requests().len());
+    agent.shutdown().await;
+}
