@@ -301,7 +301,7 @@ impl CaptureSpec {
 
     /// The text, unescaped when asked to (allocates only when there is an escape).
     pub(crate) fn text(&self, raw: &str) -> String {
-        if self.unescape && raw.contains('\\') {
+        if self.unescape && has_backslash(raw) {
             unescape(raw)
         } else {
             raw.to_owned()
@@ -323,7 +323,7 @@ impl CaptureSpec {
             }
         };
         match &self.kind {
-            Kind::String if self.unescape && raw.contains('\\') => Ok(Typed::Owned(unescape(raw))),
+            Kind::String if self.unescape && has_backslash(raw) => Ok(Typed::Owned(unescape(raw))),
             Kind::String => Ok(text(0, raw.len())),
             Kind::Int => raw.parse::<i64>().map(Typed::Int).or_else(|_| bad("int")),
             Kind::Float => match raw.parse::<f64>() {
@@ -341,8 +341,7 @@ impl CaptureSpec {
                     None => 0..raw.len(),
                 };
                 // A zone index (`fe80::1%eth0`) is legal in logs but not in an `ip` field.
-                let end = raw[bare.clone()]
-                    .find('%')
+                let end = memchr::memchr(b'%', raw[bare.clone()].as_bytes())
                     .map_or(bare.end, |p| bare.start + p);
                 match raw[bare.start..end].parse::<IpAddr>() {
                     Ok(_) => Ok(text(bare.start, end)),
@@ -352,6 +351,10 @@ impl CaptureSpec {
             Kind::Timestamp(_) | Kind::SyslogPri | Kind::Kv(_) => Ok(text(0, raw.len())),
         }
     }
+}
+
+pub(crate) fn has_backslash(s: &str) -> bool {
+    memchr::memchr(b'\\', s.as_bytes()).is_some()
 }
 
 /// Cuts a string for an error message, on a char boundary.

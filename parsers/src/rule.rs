@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::field::{
-    insert, insert_segments, known_key, level, logfmt_pairs, syslog_pri, truncate, CaptureConfig,
-    CaptureSpec, Kind, KnownKey, Target,
+    has_backslash, insert, insert_segments, known_key, level, logfmt_pairs, syslog_pri, truncate,
+    CaptureConfig, CaptureSpec, Kind, KnownKey, Target,
 };
 use crate::json::normalise_level;
 use crate::multiline::{Multiline, MultilineConfig};
@@ -126,6 +126,8 @@ pub(crate) struct Rule {
     image_full: Vec<Regex>,
     pub auto: bool,
     null_values: Vec<String>,
+    /// The longest of `null_values`: longer captures skip the comparison.
+    null_max_len: usize,
     pub multiline: Option<Multiline>,
     /// The captures' fields as JSON members (see [`crate::typed`]).
     pub tree: FieldTree,
@@ -338,6 +340,12 @@ fn compile(file: &Path, config: RuleConfig) -> Result<Rule, Vec<RuleErrorKind>> 
             image_short,
             image_full,
             auto: config.auto,
+            null_max_len: config
+                .null_values
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0),
             null_values: config.null_values,
             multiline,
         }),
@@ -393,7 +401,7 @@ impl Rule {
                 continue;
             };
             let raw = &message[s..e];
-            if self.null_values.iter().any(|n| n == raw) {
+            if raw.len() <= self.null_max_len && self.null_values.iter().any(|n| n == raw) {
                 continue;
             }
             match (&spec.target, &spec.kind) {
@@ -421,7 +429,7 @@ impl Rule {
                 },
                 (Target::Message, _) => {
                     let text = spec.mapped(raw);
-                    new_message = Some(if std::ptr::eq(text, raw) && !text.contains('\\') {
+                    new_message = Some(if std::ptr::eq(text, raw) && !has_backslash(text) {
                         NewMessage::Span(s, e)
                     } else {
                         NewMessage::Owned(spec.text(text))
