@@ -107,7 +107,7 @@ fn run(selection: &Selection, lines: &[String], record: &mut LogRecord, scratch:
         record.timestamp.push_str(READ_TIME);
         selection.apply_typed(record, scratch);
         out.clear();
-        ferry_wire::write_log_record(&mut out, record, |out, plain| {
+        ferry_wire::write_log_record(&mut out, record, &mut Default::default(), |out, plain| {
             selection.write_fields(scratch, record, plain, out)
         });
     }
@@ -233,9 +233,12 @@ fn multiline_rules(c: &mut Criterion) {
                     };
                     selection.apply_typed(&mut record, &mut scratch);
                     out.clear();
-                    ferry_wire::write_log_record(&mut out, &record, |out, plain| {
-                        selection.write_fields(&scratch, &record, plain, out)
-                    });
+                    ferry_wire::write_log_record(
+                        &mut out,
+                        &record,
+                        &mut Default::default(),
+                        |out, plain| selection.write_fields(&scratch, &record, plain, out),
+                    );
                     events += 1;
                 };
                 for (i, line) in text.lines().enumerate() {

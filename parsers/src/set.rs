@@ -424,23 +424,20 @@ impl Selection {
 
     /// Appends the typed fields the last [`Selection::apply_typed`] of `record` left in
     /// `scratch`, as `,"key":value` members (see [`ferry_wire::BatchBuilder::push_log_with`]).
-    /// `plain_message`: the record's message needed no JSON escaping (as
-    /// [`ferry_wire::write_str`] reports), so pieces of it are copied as they are.
+    /// `escapes`: where the record's message needed JSON escaping (as
+    /// [`ferry_wire::write_log_record`] passes them), so pieces without any are copied as they are.
     pub fn write_fields(
         &self,
         scratch: &Scratch,
         record: &LogRecord,
-        plain_message: bool,
+        escapes: &ferry_wire::Escapes,
         out: &mut Vec<u8>,
     ) {
         if let Some(rule) = scratch.typed {
             if scratch.generation == self.inner.generation {
-                self.inner.rules[rule].tree.write(
-                    &scratch.slots,
-                    &record.message,
-                    plain_message,
-                    out,
-                );
+                self.inner.rules[rule]
+                    .tree
+                    .write(&scratch.slots, &record.message, escapes, out);
             }
         }
     }

@@ -11,6 +11,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::field::{insert, CaptureSpec, FieldPath, Target};
 use crate::time::TimeCache;
+use ferry_wire::Escapes;
 
 /// One converted capture value.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +37,12 @@ impl Typed {
         }
     }
 
-    /// `plain`: `text` needs no JSON escaping.
-    fn write(&self, text: &str, plain: bool, out: &mut Vec<u8>) {
+    /// `escapes`: where `text` needs JSON escaping, when known.
+    fn write(&self, text: &str, escapes: Option<&Escapes>, out: &mut Vec<u8>) {
         match self {
-            Typed::Span(s, e) if plain => ferry_wire::write_plain_str(out, &text[*s..*e]),
+            Typed::Span(s, e) if escapes.is_some_and(|x| x.plain(*s, *e)) => {
+                ferry_wire::write_plain_str(out, &text[*s..*e])
+            }
             Typed::Span(s, e) => {
                 ferry_wire::write_str(out, &text[*s..*e]);
             }
@@ -181,16 +184,11 @@ impl FieldTree {
     }
 
     /// Appends `,"key":value` for every top-level field with a value (objects only when they
-    /// hold something). `plain_message`: the record's message needed no JSON escaping.
-    pub(crate) fn write(
-        &self,
-        slots: &Slots,
-        message: &str,
-        plain_message: bool,
-        out: &mut Vec<u8>,
-    ) {
+    /// hold something). `escapes`: where the record's message needed JSON escaping.
+    pub(crate) fn write(&self, slots: &Slots, message: &str, escapes: &Escapes, out: &mut Vec<u8>) {
         let text = slots.text(message);
-        let plain = plain_message && !slots.moved;
+        // Spans of a replaced message refer to the original line, which was not written.
+        let plain = (!slots.moved).then_some(escapes);
         for node in self.top.iter().filter(|n| n.under & slots.present != 0) {
             out.push(b',');
             if !node.write(slots, text, plain, out) {
@@ -202,7 +200,7 @@ impl FieldTree {
 
 impl Node {
     /// Writes `"key":value`; returns false (having written nothing) when it has no value.
-    fn write(&self, slots: &Slots, text: &str, plain: bool, out: &mut Vec<u8>) -> bool {
+    fn write(&self, slots: &Slots, text: &str, plain: Option<&Escapes>, out: &mut Vec<u8>) -> bool {
         if self.children.is_empty() {
             let value = match self.slots[..] {
                 [one] => slots.values[one].as_ref(),

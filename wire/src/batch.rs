@@ -95,6 +95,7 @@ pub struct BatchBuilder {
     log_count: usize,
     stats_count: usize,
     zstd: ZstdContext,
+    escapes: crate::json::Escapes,
 }
 
 /// One zstd compression context, kept across batches (no context set up per batch).
@@ -147,6 +148,7 @@ impl BatchBuilder {
             log_count: 0,
             stats_count: 0,
             zstd: ZstdContext::default(),
+            escapes: Default::default(),
         }
     }
 
@@ -156,8 +158,12 @@ impl BatchBuilder {
 
     /// Adds `record` with more top-level members written by `extra` (see
     /// [`crate::write_log_record`]): the agent's parser writes its typed fields this way.
-    pub fn push_log_with(&mut self, record: &LogRecord, extra: impl FnOnce(&mut Vec<u8>, bool)) {
-        crate::json::write_log_record(&mut self.logs, record, extra);
+    pub fn push_log_with(
+        &mut self,
+        record: &LogRecord,
+        extra: impl FnOnce(&mut Vec<u8>, &crate::json::Escapes),
+    ) {
+        crate::json::write_log_record(&mut self.logs, record, &mut self.escapes, extra);
         self.logs.push(b'\n');
         self.log_count += 1;
     }

@@ -10,12 +10,13 @@ use crate::record::{Container, Flag, Kubernetes, LogRecord, Stream};
 
 /// Appends `record` as one JSON object. `extra` writes more members just before the closing
 /// brace, each starting with `,` (the object always has members before them); it must not repeat
-/// a key the record already has. Its second argument is true when the message needed no
-/// escaping, so that any piece of it can be copied into a JSON string as it is.
+/// a key the record already has. Its second argument is [`Escapes`] of the message: a piece of
+/// the message without any of them can be copied into a JSON string as it is.
 pub fn write_log_record(
     out: &mut Vec<u8>,
     record: &LogRecord,
-    extra: impl FnOnce(&mut Vec<u8>, bool),
+    escapes: &mut Escapes,
+    extra: impl FnOnce(&mut Vec<u8>, &Escapes),
 ) {
     out.extend_from_slice(b"{\"event\":{");
     if let Some(ingested) = &record.event.ingested {
@@ -32,7 +33,8 @@ pub fn write_log_record(
     out.extend_from_slice(b"},\"@timestamp\":");
     write_str(out, &record.timestamp);
     out.extend_from_slice(b",\"message\":");
-    let plain_message = write_str(out, &record.message);
+    escapes.positions.clear();
+    write_str_noting(out, &record.message, Some(&mut escapes.positions));
     if let Some(stream) = record.stream {
         out.extend_from_slice(match stream {
             Stream::Stdout => b",\"stream\":\"stdout\"",
@@ -79,7 +81,7 @@ pub fn write_log_record(
         out.push(b':');
         serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
-    extra(out, plain_message);
+    extra(out, escapes);
     out.push(b'}');
 }
 
@@ -205,9 +207,29 @@ fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes.try_into().expect("eight bytes"))
 }
 
-/// Appends `s` as a JSON string, escaped the way serde_json escapes it. Returns true when
-/// nothing needed escaping.
-pub fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
+/// Where the message of the last record written had bytes that JSON escapes (reused buffer).
+#[derive(Debug, Default, Clone)]
+pub struct Escapes {
+    positions: Vec<usize>,
+}
+
+impl Escapes {
+    /// Whether `message[start..end]` holds none of the escaped bytes.
+    pub fn plain(&self, start: usize, end: usize) -> bool {
+        let first_at_or_after = self.positions.partition_point(|&p| p < start);
+        self.positions
+            .get(first_at_or_after)
+            .is_none_or(|&p| p >= end)
+    }
+}
+
+/// Appends `s` as a JSON string, escaped the way serde_json escapes it.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    write_str_noting(out, s, None);
+}
+
+/// [`write_str`], noting the position of every escaped byte.
+fn write_str_noting(out: &mut Vec<u8>, s: &str, mut escaped: Option<&mut Vec<usize>>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0; // first byte not yet copied
@@ -242,6 +264,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
             };
             out.extend_from_slice(&bytes[start..j]);
             start = j + 1;
+            if let Some(positions) = escaped.as_deref_mut() {
+                positions.push(j);
+            }
             if escape.is_empty() {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
@@ -253,10 +278,8 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
         }
         i = end;
     }
-    let plain = start == 0; // nothing was escaped
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
-    plain
 }
 
 fn needs_escape_byte(b: u8) -> bool {
@@ -264,7 +287,7 @@ fn needs_escape_byte(b: u8) -> bool {
 }
 
 /// Appends `s` as a JSON string as it is: only for text known to need no escaping (a piece of
-/// a string [`write_str`] returned true for).
+/// the message that [`Escapes::plain`] vouches for).
 pub fn write_plain_str(out: &mut Vec<u8>, s: &str) {
     debug_assert!(!s.bytes().any(needs_escape_byte), "{s:?} needs escaping");
     out.push(b'"');
@@ -354,7 +377,7 @@ mod tests {
         for _ in 0..5_000 {
             let record = random_record(&mut rng);
             out.clear();
-            write_log_record(&mut out, &record, |_, _| {});
+            write_log_record(&mut out, &record, &mut Escapes::default(), |_, _| {});
             let expected = serde_json::to_vec(&record).unwrap();
             assert_eq!(
                 String::from_utf8_lossy(&out),
@@ -384,7 +407,7 @@ mod tests {
     fn extra_members_go_before_the_closing_brace() {
         let record = LogRecord::default();
         let mut out = Vec::new();
-        write_log_record(&mut out, &record, |out, _| {
+        write_log_record(&mut out, &record, &mut Escapes::default(), |out, _| {
             out.extend_from_slice(b",\"x\":1")
         });
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();

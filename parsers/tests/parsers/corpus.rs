@@ -145,9 +145,12 @@ fn typed_fields_make_the_same_document_as_the_field_map() {
             let typed_outcome = selection.apply_typed(&mut by_slots, &mut typed_scratch);
             assert_eq!(map_outcome, typed_outcome);
             let mut written = Vec::new();
-            ferry_wire::write_log_record(&mut written, &by_slots, |out, plain| {
-                selection.write_fields(&typed_scratch, &by_slots, plain, out)
-            });
+            ferry_wire::write_log_record(
+                &mut written,
+                &by_slots,
+                &mut Default::default(),
+                |out, plain| selection.write_fields(&typed_scratch, &by_slots, plain, out),
+            );
             let written: Value = serde_json::from_slice(&written).unwrap_or_else(|e| {
                 panic!("{}: invalid JSON for {line:?}: {e}", selection.rules())
             });
