@@ -39,9 +39,12 @@
 //! block ([`MultilineConfig`]) makes the agent join lines before the pattern runs.
 //!
 //! # Hot path
-//! Rules compile once at load. [`Selection::apply`] reuses capture locations from a [`Scratch`]
-//! and allocates only the output values; the message is cut down in place when a capture
-//! becomes `message`.
+//! Rules compile once at load. [`Selection::apply_typed`] reuses capture locations and value
+//! slots from a [`Scratch`]: a rule's fields stay typed values (spans of the line, numbers) that
+//! [`Selection::write_fields`] writes straight into the record's JSON, with no map per line.
+//! [`Selection::apply`] does the same and then fills `record.fields` from the slots. The message
+//! is cut down in place when a capture becomes `message`. Auto-detection first tries the auto
+//! rule that read the previous line, taking it only when no earlier auto rule matches.
 #![forbid(unsafe_code)]
 
 mod field;
