@@ -436,9 +436,6 @@ impl AgentConfig {
     }
 
     pub(crate) fn wire_compression(&self) -> ferry_wire::Compression {
-        if self.output == OutputConfig::Discard {
-            return ferry_wire::Compression::None; // nothing travels
-        }
         match self.compression {
             CompressionConfig::None => ferry_wire::Compression::None,
             CompressionConfig::Zstd => ferry_wire::Compression::Zstd {

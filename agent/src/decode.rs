@@ -27,18 +27,8 @@ pub(crate) enum Format {
 pub(crate) struct Flags(u8);
 
 impl Flags {
-    const ALL: [Flag; 7] = [
-        Flag::Truncated,
-        Flag::InvalidUtf8,
-        Flag::MalformedJson,
-        Flag::MalformedCri,
-        Flag::Joined,
-        Flag::Incomplete,
-        Flag::Multiline,
-    ];
-
     fn bit(flag: Flag) -> u8 {
-        1 << Self::ALL.iter().position(|f| *f == flag).unwrap_or(0)
+        1 << Flag::ALL.iter().position(|f| *f == flag).unwrap_or(0)
     }
 
     pub fn with(mut self, flag: Flag) -> Self {
@@ -60,7 +50,7 @@ impl Flags {
 
     /// The flags in a fixed order.
     pub fn iter(self) -> impl Iterator<Item = Flag> {
-        Self::ALL.into_iter().filter(move |f| self.contains(*f))
+        Flag::ALL.into_iter().filter(move |f| self.contains(*f))
     }
 }
 

@@ -44,8 +44,8 @@ pub(crate) fn parse_into(
     scratch: &mut Scratch,
 ) {
     selection.apply_typed(record, scratch);
-    builder.push_log_with(record, |out, plain| {
-        selection.write_fields(scratch, record, plain, out)
+    builder.push_log_with(record, |out, escapes| {
+        selection.write_fields(scratch, record, escapes, out)
     });
 }
 

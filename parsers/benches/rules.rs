@@ -107,8 +107,8 @@ fn run(selection: &Selection, lines: &[String], record: &mut LogRecord, scratch:
         record.timestamp.push_str(READ_TIME);
         selection.apply_typed(record, scratch);
         out.clear();
-        ferry_wire::write_log_record(&mut out, record, &mut Default::default(), |out, plain| {
-            selection.write_fields(scratch, record, plain, out)
+        ferry_wire::write_log_record(&mut out, record, &mut Default::default(), |out, escapes| {
+            selection.write_fields(scratch, record, escapes, out)
         });
     }
 }
@@ -237,7 +237,7 @@ fn multiline_rules(c: &mut Criterion) {
                         &mut out,
                         &record,
                         &mut Default::default(),
-                        |out, plain| selection.write_fields(&scratch, &record, plain, out),
+                        |out, escapes| selection.write_fields(&scratch, &record, escapes, out),
                     );
                     events += 1;
                 };

@@ -156,11 +156,13 @@ impl TimeCache {
             )
         });
         if !(cacheable && self.capture == capture && self.raw == raw) {
-            self.formatted = parse_time(raw, formats, read_time)
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
-            self.capture = if cacheable { capture } else { 0 };
+            self.formatted = parse_time(raw, formats, read_time).map(format_timestamp);
+            self.capture = 0;
             self.raw.clear();
-            self.raw.push_str(raw);
+            if cacheable {
+                self.capture = capture;
+                self.raw.push_str(raw);
+            }
         }
         self.formatted.as_deref()
     }
@@ -203,8 +205,7 @@ mod tests {
 
     fn parse(raw: &str, fmt: &str, read: &str) -> Option<String> {
         let f = TimeFormat::compile(fmt).unwrap();
-        parse_time(raw, &[f], &mut ReadTime::new(read))
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        parse_time(raw, &[f], &mut ReadTime::new(read)).map(format_timestamp)
     }
 
     #[test]

@@ -50,10 +50,8 @@ impl Typed {
                 ferry_wire::write_str(out, s);
             }
             Typed::Int(n) => ferry_wire::write_i64(out, *n),
-            Typed::Float(f) => {
-                let number = Number::from_f64(*f).map_or(Value::Null, Value::Number);
-                serde_json::to_writer(&mut *out, &number).expect("writing to a Vec cannot fail");
-            }
+            Typed::Float(_) => serde_json::to_writer(&mut *out, &self.to_value(text))
+                .expect("writing to a Vec cannot fail"),
             Typed::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         }
     }
@@ -87,8 +85,11 @@ impl Slots {
         self.present |= bit(i);
     }
 
-    /// Keeps the matched line before the message is replaced.
+    /// Keeps the matched line before the message is replaced (when a span may refer to it).
     pub(crate) fn keep_original(&mut self, line: &str) {
+        if self.present == 0 {
+            return;
+        }
         self.original.clear();
         self.original.push_str(line);
         self.moved = true;

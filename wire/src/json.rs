@@ -6,7 +6,7 @@
 //! byte at a time. Values that rarely occur (the parser's free-form `fields`) still go through
 //! serde_json.
 
-use crate::record::{Container, Flag, Kubernetes, LogRecord, Stream};
+use crate::record::{Container, Kubernetes, LogRecord, Stream};
 
 /// Appends `record` as one JSON object. `extra` writes more members just before the closing
 /// brace, each starting with `,` (the object always has members before them); it must not repeat
@@ -60,7 +60,7 @@ pub fn write_log_record(
                 out.push(b',');
             }
             out.push(b'"');
-            out.extend_from_slice(flag_name(*flag).as_bytes());
+            out.extend_from_slice(flag.as_str().as_bytes());
             out.push(b'"');
         }
         out.push(b']');
@@ -83,18 +83,6 @@ pub fn write_log_record(
     }
     extra(out, escapes);
     out.push(b'}');
-}
-
-fn flag_name(flag: Flag) -> &'static str {
-    match flag {
-        Flag::Truncated => "truncated",
-        Flag::InvalidUtf8 => "invalid_utf8",
-        Flag::MalformedJson => "malformed_json",
-        Flag::MalformedCri => "malformed_cri",
-        Flag::Joined => "joined",
-        Flag::Incomplete => "incomplete",
-        Flag::Multiline => "multiline",
-    }
 }
 
 /// Writes `,"key":"value"` members of an object whose `{` was just written: the first member
@@ -318,15 +306,7 @@ mod tests {
                 serde_json::json!({"a": [1, 2.5, null, true], "b": random_string(rng)}),
             );
         }
-        let flags = [
-            Flag::Truncated,
-            Flag::InvalidUtf8,
-            Flag::MalformedJson,
-            Flag::MalformedCri,
-            Flag::Joined,
-            Flag::Incomplete,
-            Flag::Multiline,
-        ];
+        let flags = Flag::ALL;
         LogRecord {
             event: Event {
                 ingested: opt(rng),

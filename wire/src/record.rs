@@ -99,6 +99,32 @@ pub enum Flag {
     Multiline,
 }
 
+impl Flag {
+    /// Every flag, in declaration order.
+    pub const ALL: [Flag; 7] = [
+        Flag::Truncated,
+        Flag::InvalidUtf8,
+        Flag::MalformedJson,
+        Flag::MalformedCri,
+        Flag::Joined,
+        Flag::Incomplete,
+        Flag::Multiline,
+    ];
+
+    /// The name the record carries in `log.flags`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Truncated => "truncated",
+            Flag::InvalidUtf8 => "invalid_utf8",
+            Flag::MalformedJson => "malformed_json",
+            Flag::MalformedCri => "malformed_cri",
+            Flag::Joined => "joined",
+            Flag::Incomplete => "incomplete",
+            Flag::Multiline => "multiline",
+        }
+    }
+}
+
 /// `container.*`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Container {

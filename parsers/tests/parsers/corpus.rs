@@ -149,7 +149,7 @@ fn typed_fields_make_the_same_document_as_the_field_map() {
                 &mut written,
                 &by_slots,
                 &mut Default::default(),
-                |out, plain| selection.write_fields(&typed_scratch, &by_slots, plain, out),
+                |out, escapes| selection.write_fields(&typed_scratch, &by_slots, escapes, out),
             );
             let written: Value = serde_json::from_slice(&written).unwrap_or_else(|e| {
                 panic!("{}: invalid JSON for {line:?}: {e}", selection.rules())
