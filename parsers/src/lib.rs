@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 mod field;
+mod greedy;
 mod json;
 mod multiline;
 mod ops;

@@ -17,6 +17,7 @@ use crate::field::{
     has_backslash, insert, insert_segments, known_key, level, logfmt_pairs, syslog_pri, truncate,
     CaptureConfig, CaptureSpec, Kind, KnownKey, Target,
 };
+use crate::greedy::{self, Greedy};
 use crate::json::normalise_level;
 use crate::multiline::{Multiline, MultilineConfig};
 use crate::time::{epoch_to_time, format_timestamp, replace_timestamp, ReadTime};
@@ -119,6 +120,8 @@ pub(crate) struct Rule {
     pub name: String,
     pub file: PathBuf,
     pub regex: Regex,
+    /// The same pattern for the greedy walk, when it can follow it (see [`crate::greedy`]).
+    greedy: Option<Greedy>,
     pub captures: Vec<CaptureSpec>,
     /// Globs without `/`, as one anchored regex on the short image name.
     image_short: Option<Regex>,
@@ -335,6 +338,7 @@ fn compile(file: &Path, config: RuleConfig) -> Result<Rule, Vec<RuleErrorKind>> 
                 .any(|c| matches!(c.kind, Kind::Kv(_) | Kind::SyslogPri)),
             name: config.name,
             file: file.to_owned(),
+            greedy: Greedy::new(&config.pattern, regex.captures_len()),
             regex,
             captures,
             image_short,
@@ -368,19 +372,52 @@ enum NewMessage {
     Owned(String),
 }
 
+/// Where a rule's groups matched in the last text it read, from the greedy walk or the regex.
+#[derive(Debug)]
+pub(crate) struct Locations {
+    regex: CaptureLocations,
+    greedy: Vec<usize>,
+    from_greedy: bool,
+}
+
+impl Locations {
+    /// The span of group `group`, if it took part in the match.
+    pub fn get(&self, group: usize) -> Option<(usize, usize)> {
+        if self.from_greedy {
+            greedy::group(&self.greedy, group)
+        } else {
+            self.regex.get(group)
+        }
+    }
+}
+
 impl Rule {
+    /// Buffers for [`Rule::captures_read`].
+    pub fn locations(&self) -> Locations {
+        Locations {
+            regex: self.regex.capture_locations(),
+            greedy: Vec::new(),
+            from_greedy: false,
+        }
+    }
+
+    /// Matches the pattern against `text`, leaving the groups in `locs`: the greedy walk
+    /// first, the regex where the walk gives up. Returns whether it matched.
+    pub fn captures_read(&self, text: &str, locs: &mut Locations) -> bool {
+        locs.from_greedy = self
+            .greedy
+            .as_ref()
+            .is_some_and(|g| g.find(text.as_bytes(), &mut locs.greedy));
+        locs.from_greedy || self.regex.captures_read(&mut locs.regex, text).is_some()
+    }
+
     /// Applies the rule: on a match, fills the record and returns true; on a miss, leaves the
     /// record untouched and returns false. Field values go into `slots` (or, for a
     /// [`Rule::map_only`] rule, straight into `record.fields`). A matched line whose values do
     /// not convert (a bad time, an int that is not one) keeps the other fields and gets
     /// `parse.error`.
-    pub fn apply(
-        &self,
-        record: &mut LogRecord,
-        locs: &mut CaptureLocations,
-        slots: &mut Slots,
-    ) -> bool {
-        if self.regex.captures_read(locs, &record.message).is_none() {
+    pub fn apply(&self, record: &mut LogRecord, locs: &mut Locations, slots: &mut Slots) -> bool {
+        if !self.captures_read(&record.message, locs) {
             return false;
         }
         slots.reset(self.captures.len());

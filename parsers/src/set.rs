@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ferry_wire::LogRecord;
-use regex::{CaptureLocations, RegexSet};
+use regex::RegexSet;
 
 use crate::json::parse_json_message;
 use crate::multiline::MultilineJoiner;
-use crate::rule::{load_file, set_parse_error, Rule, RuleError, RuleErrorKind};
+use crate::rule::{load_file, set_parse_error, Locations, Rule, RuleError, RuleErrorKind};
 use crate::typed::Slots;
 
 /// The built-in library, embedded so the binary needs no files.
@@ -275,7 +275,7 @@ pub const RAW: &str = "raw";
 #[derive(Debug, Default)]
 pub struct Scratch {
     generation: u64,
-    locs: Vec<Option<CaptureLocations>>,
+    locs: Vec<Option<Locations>>,
     slots: Slots,
     /// The rule whose values are in `slots`.
     typed: Option<usize>,
@@ -300,7 +300,7 @@ impl Scratch {
             self.locs.resize_with(inner.rules.len(), || None);
         }
         let r = &inner.rules[rule];
-        let locs = self.locs[rule].get_or_insert_with(|| r.regex.capture_locations());
+        let locs = self.locs[rule].get_or_insert_with(|| r.locations());
         let matched = r.apply(record, locs, &mut self.slots);
         if matched && !r.map_only && !r.captures.is_empty() {
             self.typed = Some(rule);
