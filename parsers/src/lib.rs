@@ -39,7 +39,10 @@
 //! block ([`MultilineConfig`]) makes the agent join lines before the pattern runs.
 //!
 //! # Hot path
-//! Rules compile once at load. [`Selection::apply_typed`] reuses capture locations and value
+//! Rules compile once at load, each pattern twice: for the regex crate and, when it begins
+//! with `^` and has no lazy repetition or other look-around, for a greedy walk that follows the
+//! regex's preferred path without backtracking and hands the line to the regex wherever that
+//! path fails (`greedy.rs`); both give the same groups. [`Selection::apply_typed`] reuses capture locations and value
 //! slots from a [`Scratch`]: a rule's fields stay typed values (spans of the line, numbers) that
 //! [`Selection::write_fields`] writes straight into the record's JSON, with no map per line.
 //! [`Selection::apply`] does the same and then fills `record.fields` from the slots. The message
