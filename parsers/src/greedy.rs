@@ -3,8 +3,8 @@
 //! Log patterns are mostly chains of runs that end at a delimiter the run cannot contain
 //! (`[^ ]*` then a space, `[^"]*` then a quote). For such a chain, the path a backtracking
 //! search tries first (the longest run, the first alternative that can start) is the match, and
-//! walking it costs one table look-up per byte: four times less than the regex crate's one-pass
-//! engine on the nginx access pattern.
+//! walking it costs one table look-up per byte: on nginx access lines, 2.5 times less than the
+//! regex crate's one-pass engine (about 1,000 against 400 MiB/s, captures only).
 //!
 //! [`Greedy::find`] walks that path from the start of the text and gives up wherever it fails,
 //! so the caller asks the regex (which then also settles a real miss). When it does answer, the
@@ -326,14 +326,13 @@ fn run(table: &[u8; 256], text: &[u8], at: usize, max: u32) -> Option<(usize, u3
     } else {
         text.len().min(at.saturating_add(max as usize))
     };
-    let mut end = at;
-    while end < limit && table[usize::from(text[end])] == IN {
-        end += 1;
-    }
-    if end < limit && table[usize::from(text[end])] == UNSURE {
-        return None;
-    }
-    Some((end, u32::try_from(end - at).unwrap_or(u32::MAX)))
+    let scanned = &text[at..limit];
+    let taken = match scanned.iter().position(|&b| table[usize::from(b)] != IN) {
+        Some(stop) if table[usize::from(scanned[stop])] == UNSURE => return None,
+        Some(stop) => stop,
+        None => scanned.len(),
+    };
+    Some((at + taken, u32::try_from(taken).unwrap_or(u32::MAX)))
 }
 
 #[cfg(test)]
