@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_wire::DurationHistogram;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -112,9 +113,7 @@ pub(crate) struct Metrics {
     pub errors: AtomicU64,
     send_errors: [AtomicU64; 10],
     decode_errors: [AtomicU64; 3],
-    send_buckets: [AtomicU64; 12],
-    send_count: AtomicU64,
-    send_sum_micros: AtomicU64,
+    send_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     last_error: Mutex<Option<String>>,
     /// Container stats: the collector's own figures and the latest sample per container.
     pub stats: crate::stats::StatsMetrics,
@@ -150,15 +149,7 @@ impl Metrics {
     }
 
     pub fn observe_send(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (bucket, bound) in self.send_buckets.iter().zip(BUCKETS_SECONDS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.send_count.fetch_add(1, Relaxed);
-        self.send_sum_micros
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.send_duration.observe(&BUCKETS_SECONDS, took);
     }
 
     #[cfg(test)]
@@ -248,25 +239,12 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        out.push_str("# HELP ferry_agent_send_duration_seconds Time to send one batch and get the answer.\n# TYPE ferry_agent_send_duration_seconds histogram\n");
-        for (bucket, bound) in self.send_buckets.iter().zip(BUCKETS_SECONDS) {
-            let _ = writeln!(
-                out,
-                "ferry_agent_send_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let count = self.send_count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "ferry_agent_send_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.send_duration.render(
+            &mut out,
+            &BUCKETS_SECONDS,
+            "ferry_agent_send_duration_seconds",
+            "Time to send one batch and get the answer.",
         );
-        let _ = writeln!(
-            out,
-            "ferry_agent_send_duration_seconds_sum {}",
-            self.send_sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "ferry_agent_send_duration_seconds_count {count}");
         self.stats.render(&mut out);
         self.containers.render(&mut out);
         out

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ferry_wire::DurationHistogram;
+
 /// Upper bounds (seconds) of the duration histogram buckets.
 const BUCKETS_SECONDS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -71,41 +73,6 @@ impl SinkError {
     }
 }
 
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    buckets: [AtomicU64; BUCKETS_SECONDS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS_SECONDS.iter().position(|&le| seconds <= le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, help, "histogram");
-        let mut cumulative = 0;
-        for (le, bucket) in BUCKETS_SECONDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        // Read the count last so that `+Inf` is never below a finite bucket.
-        let count = self.count.load(Ordering::Relaxed).max(cumulative);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
 /// Every metric the aggregator exports.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -115,18 +82,28 @@ pub(crate) struct Metrics {
     pub(crate) ingest_stats_samples: AtomicU64,
     pub(crate) ingest_bytes: AtomicU64,
     ingest_errors: [AtomicU64; IngestError::ALL.len()],
-    pub(crate) ingest_duration: Histogram,
+    ingest_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     pub(crate) queue_bytes: AtomicU64,
     pub(crate) queue_records: AtomicU64,
     pub(crate) sink_records: AtomicU64,
     pub(crate) sink_duplicates: AtomicU64,
-    pub(crate) sink_duration: Histogram,
+    sink_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     sink_errors: [AtomicU64; SinkError::ALL.len()],
     /// Latest container stats from the agents (cAdvisor series).
     pub(crate) containers: crate::containers::Containers,
 }
 
 impl Metrics {
+    /// Times one accepted batch request (`ferry_ingest_duration_seconds`).
+    pub(crate) fn observe_ingest(&self, took: Duration) {
+        self.ingest_duration.observe(&BUCKETS_SECONDS, took);
+    }
+
+    /// Times one queue entry applied by the sink (`ferry_sink_duration_seconds`).
+    pub(crate) fn observe_sink(&self, took: Duration) {
+        self.sink_duration.observe(&BUCKETS_SECONDS, took);
+    }
+
     /// Metrics whose container series expire `grace` after their last sample.
     pub(crate) fn with_stats_grace(grace: Duration) -> Self {
         Metrics {
@@ -219,6 +196,7 @@ impl Metrics {
         }
         self.ingest_duration.render(
             &mut out,
+            &BUCKETS_SECONDS,
             "ferry_ingest_duration_seconds",
             "Time to read, decode and durably queue one batch request.",
         );
@@ -248,6 +226,7 @@ impl Metrics {
         );
         self.sink_duration.render(
             &mut out,
+            &BUCKETS_SECONDS,
             "ferry_sink_duration_seconds",
             "Time to apply and commit one queue entry in the sink.",
         );
@@ -298,8 +277,8 @@ mod tests {
         m.ingest_error(IngestError::QueueFull);
         m.sink_error(SinkError::Io);
         m.ingest_records.fetch_add(7, Ordering::Relaxed);
-        m.sink_duration.observe(Duration::from_millis(3));
-        m.sink_duration.observe(Duration::from_secs(60));
+        m.observe_sink(Duration::from_millis(3));
+        m.observe_sink(Duration::from_secs(60));
         let text = m.render();
         assert!(
             text.contains("ferry_ingest_requests_total{code=\"200\"} 2\n"),
@@ -332,7 +311,7 @@ mod tests {
     fn promtool_accepts_the_exposition() {
         let m = Metrics::default();
         m.request(200);
-        m.ingest_duration.observe(Duration::from_millis(20));
+        m.observe_ingest(Duration::from_millis(20));
         // promtool exits 0 on success; lint warnings (exit 3) are not parse errors but we keep none.
         if let Some((ok, output)) = crate::containers::server_tests::promtool_check(&m.render()) {
             assert!(ok, "promtool: {output}");

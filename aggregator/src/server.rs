@@ -133,7 +133,7 @@ async fn route(ingest: &Ingest, req: Request<Incoming>) -> Response<Body> {
             let started = Instant::now();
             let response = match accept_batch(ingest, req).await {
                 Ok(accepted) => {
-                    ingest.metrics.ingest_duration.observe(started.elapsed());
+                    ingest.metrics.observe_ingest(started.elapsed());
                     json(StatusCode::OK, serde_json::json!({ "accepted": accepted }))
                 }
                 Err(reject) => reject.respond(ingest),

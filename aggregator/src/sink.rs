@@ -93,7 +93,7 @@ pub(crate) fn run(
         if entries > 0 {
             let per_entry = started.elapsed() / entries as u32;
             for _ in 0..entries {
-                metrics.sink_duration.observe(per_entry);
+                metrics.observe_sink(per_entry);
             }
         }
         queue.commit(position, bytes, records);

@@ -1,10 +1,13 @@
 //! Prometheus text exposition of container stats: the series an agent serves for its own node
 //! and the aggregator serves for every host, rendered the same way on both sides from
 //! [`StatsSample`]s (cAdvisor's names, HELP texts and units; labels `id`, `name`, `image`, `host`,
-//! and `namespace`, `pod`, `container` for Kubernetes).
+//! and `namespace`, `pod`, `container` for Kubernetes), and the duration histogram both sides
+//! use for their own timings.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::record::StatsSample;
 
@@ -68,6 +71,57 @@ fn write_labels(out: &mut String, s: &StatsSample) {
         out.push('"');
     }
     out.push('}');
+}
+
+/// A histogram of durations over `N` fixed upper bounds (seconds). The owner keeps the bounds and
+/// passes them to [`DurationHistogram::observe`] and [`DurationHistogram::render`], so a metrics
+/// struct holding histograms can still derive `Default`. Observing is three relaxed atomic adds.
+#[derive(Debug)]
+pub struct DurationHistogram<const N: usize> {
+    /// Observations per bucket (not cumulative: each falls in the first bucket that holds it).
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl<const N: usize> Default for DurationHistogram<N> {
+    fn default() -> Self {
+        DurationHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> DurationHistogram<N> {
+    /// Counts one duration; `bounds` ascending.
+    pub fn observe(&self, bounds: &[f64; N], elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = bounds.iter().position(|&le| seconds <= le) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Writes the family `name`: HELP, TYPE, the cumulative buckets, `+Inf`, sum and count.
+    pub fn render(&self, out: &mut String, bounds: &[f64; N], name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (le, bucket) in bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        // Read the count last so that `+Inf` is never below a finite bucket.
+        let count = self.count.load(Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 /// Text-format escaping of a label value: backslash, double quote and line feed.

@@ -17,7 +17,7 @@ pub use batch::{
     decode_batch, decompress, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
     DecodedBatch, EncodedBatch, RecordKeys, WIRE_VERSION,
 };
-pub use exposition::{escape_label_value, render_container_metrics};
+pub use exposition::{escape_label_value, render_container_metrics, DurationHistogram};
 pub use id::{event_id, source_id};
 pub use json::{write_i64, write_log_record, write_plain_str, write_str, write_u64, Escapes};
 pub use record::{

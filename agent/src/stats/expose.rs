@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ferry_wire::StatsSample;
+use ferry_wire::{DurationHistogram, StatsSample};
 
 /// Upper bounds of the pass-duration histogram, in seconds.
 const BUCKETS_SECONDS: [f64; 12] = [
@@ -26,22 +26,13 @@ pub(crate) struct StatsMetrics {
     latest: Mutex<Vec<StatsSample>>,
     samples: AtomicU64,
     passes_dropped: AtomicU64,
-    buckets: [AtomicU64; BUCKETS_SECONDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
 }
 
 impl StatsMetrics {
     /// Records one pass: its duration, and its samples as the latest.
     pub fn observe_pass(&self, took: Duration, samples: &[StatsSample]) {
-        let secs = took.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_SECONDS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.duration.observe(&BUCKETS_SECONDS, took);
         self.samples.fetch_add(samples.len() as u64, Relaxed);
         if let Ok(mut latest) = self.latest.lock() {
             latest.clear();
@@ -68,25 +59,12 @@ impl StatsMetrics {
             "ferry_agent_stats_passes_dropped_total {}",
             self.passes_dropped.load(Relaxed)
         );
-        out.push_str("# HELP ferry_agent_stats_duration_seconds Time to read the stats of every container once.\n# TYPE ferry_agent_stats_duration_seconds histogram\n");
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_SECONDS) {
-            let _ = writeln!(
-                out,
-                "ferry_agent_stats_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(
+        self.duration.render(
             out,
-            "ferry_agent_stats_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            &BUCKETS_SECONDS,
+            "ferry_agent_stats_duration_seconds",
+            "Time to read the stats of every container once.",
         );
-        let _ = writeln!(
-            out,
-            "ferry_agent_stats_duration_seconds_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "ferry_agent_stats_duration_seconds_count {count}");
         if let Ok(latest) = self.latest.lock() {
             ferry_wire::render_container_metrics(out, latest.iter());
         }
