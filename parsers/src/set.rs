@@ -137,6 +137,12 @@ impl RuleSet {
         }
     }
 
+    /// The rules in order (user rules first).
+    #[cfg(test)]
+    pub(crate) fn rules(&self) -> &[Rule] {
+        &self.inner.rules
+    }
+
     /// Rule names in order (user rules first).
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.inner.rules.iter().map(|r| r.name.as_str())
