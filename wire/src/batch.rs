@@ -66,6 +66,11 @@ pub struct BatchHeader {
     pub host: String,
     pub logs: usize,
     pub stats: usize,
+    /// Source fingerprints the agent has durably forgotten (their files are gone and fully
+    /// read): it will never send a record of them again, so a store may drop their
+    /// de-duplication state once this batch is committed. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
 }
 
 /// A batch ready to send.
@@ -135,6 +140,7 @@ impl BatchBuilder {
             host: host.clone(),
             logs: usize::MAX,
             stats: usize::MAX,
+            retired: Vec::new(),
         };
         let room = serde_json::to_vec(&longest)
             .expect("header serialises")
@@ -212,6 +218,7 @@ impl BatchBuilder {
             host: self.host.clone(),
             logs: self.log_count,
             stats: self.stats_count,
+            retired: Vec::new(),
         };
         let mut head = serde_json::to_vec(&header).expect("header serialises");
         head.push(b'\n');
