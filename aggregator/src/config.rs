@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::ENTRY_OVERHEAD_BYTES;
+
 /// Configuration of `ferry aggregator`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +142,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Queue entries carry a u32 length and an 8-byte header.
+/// Queue entries carry a u32 length in a header of [`ENTRY_OVERHEAD_BYTES`].
 const MAX_ENTRY_PAYLOAD: u64 = u32::MAX as u64;
 
 impl AggregatorConfig {
@@ -192,13 +194,13 @@ impl AggregatorConfig {
                 format!("must be at most {MAX_ENTRY_PAYLOAD} (queue entries are at most 4 GiB)"),
             );
         }
-        if self.queue_max_bytes < self.max_decompressed_bytes as u64 + 8 {
+        let largest_entry = self.max_decompressed_bytes as u64 + ENTRY_OVERHEAD_BYTES;
+        if self.queue_max_bytes < largest_entry {
             bad(
                 "queue_max_bytes",
                 self.queue_max_bytes.to_string(),
                 format!(
-                    "must hold at least one largest batch (max_decompressed_bytes + 8 = {})",
-                    self.max_decompressed_bytes as u64 + 8
+                    "must hold at least one largest batch (max_decompressed_bytes + {ENTRY_OVERHEAD_BYTES} = {largest_entry})"
                 ),
             );
         }

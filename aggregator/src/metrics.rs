@@ -55,7 +55,7 @@ impl IngestError {
 pub(crate) enum SinkError {
     /// Writing the store failed; the entry is retried.
     Io,
-    /// A queue entry failed its checksum; the rest of its segment was skipped.
+    /// A queue entry failed its checksum; the damaged bytes were moved aside and passed over.
     Corrupt,
     /// A queue entry did not decode as a batch; it was skipped.
     Decode,
@@ -85,6 +85,8 @@ pub(crate) struct Metrics {
     ingest_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     pub(crate) queue_bytes: AtomicU64,
     pub(crate) queue_records: AtomicU64,
+    /// Queue bytes found damaged and passed over (kept under `queue/damaged/`).
+    pub(crate) queue_damaged_bytes: AtomicU64,
     pub(crate) sink_records: AtomicU64,
     pub(crate) sink_duplicates: AtomicU64,
     sink_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
@@ -211,6 +213,12 @@ impl Metrics {
             "ferry_queue_records",
             "Log records in the durable queue not yet committed by the sink.",
             &self.queue_records,
+        );
+        counter(
+            &mut out,
+            "ferry_queue_damaged_bytes_total",
+            "Queue bytes found damaged (checksum or framing) and passed over; copies are kept under queue/damaged/.",
+            &self.queue_damaged_bytes,
         );
         counter(
             &mut out,

@@ -1,13 +1,23 @@
 //! The durable queue between ingest and sink: append-only segment files under
 //! `<data_dir>/queue/`, named `<20-digit sequence>.seg`.
 //!
-//! Each entry is `[u32 len LE][u32 crc32 LE of payload][payload]`, the payload being one validated,
-//! decompressed NDJSON batch. [`Queue::append`] returns only once the entry is fsynced (appenders
-//! that arrive while an fsync runs share the next one: group commit), and the sink's
-//! [`QueueReader`] never sees an entry before it is durable, so a position the sink commits always
-//! survives a crash. On open the last segment is scanned and cut at the first torn or corrupt
-//! entry (what a SIGKILL or power loss leaves). Segments wholly below the committed consumer
-//! position are deleted by [`Queue::commit`]. This module knows nothing of HTTP or of the store.
+//! Each entry is one validated, decompressed NDJSON batch behind a checksummed header (the
+//! framing, and how the next intact entry is found after damage, is in [`frame`]).
+//! [`Queue::append`] returns only once the entry is fsynced (appenders that arrive while an fsync
+//! runs share the next one: group commit), and the sink's [`QueueReader`] never sees an entry
+//! before it is durable, so a position the sink commits always survives a crash. Segments wholly
+//! below the committed consumer position are deleted by [`Queue::commit`]. This module knows
+//! nothing of HTTP or of the store.
+//!
+//! **Damage.** Only a torn tail is ever cut: on open, the newest segment is scanned, and when an
+//! entry does not check out and no intact entry follows it, the rest is what a SIGKILL or power
+//! loss left behind an append that was never acknowledged, and it is cut. When an intact entry
+//! does follow, the bad bytes are damage: they stay where they are, and when the reader gets
+//! there ([`QueueError::Corrupt`]) [`QueueReader::skip_damaged`] copies them to
+//! `queue/damaged/<segment>.seg.damaged-<offset>` for inspection, counts them
+//! (`ferry_queue_damaged_bytes_total`) and reads on at the next intact entry, in that segment or
+//! the next. Damage to the very last entry of the newest segment looks exactly like a torn
+//! append, and is cut like one.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::fs::{self, File, OpenOptions};
@@ -23,8 +33,17 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
-const HEADER_BYTES: u64 = 8;
+#[cfg(test)]
+mod damage_tests;
+mod frame;
+
+use frame::{Format, Scan};
+
+/// Bytes a queue entry takes beside its payload (the header of the format this build writes).
+pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 16;
 const SEGMENT_SUFFIX: &str = ".seg";
+/// Folder (below the queue's) where damaged bytes are kept.
+const DAMAGED_DIR: &str = "damaged";
 
 /// A place in the queue: a segment sequence number and a byte offset within it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,64 +182,6 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
 
-/// What reading one entry found.
-enum Scan {
-    Entry {
-        len: u64,
-    },
-    /// Clean end of the segment.
-    End,
-    /// The entry at this offset is torn or corrupt.
-    Bad(String),
-}
-
-/// Reads the entry header at `offset` of a segment `file_len` long, and verifies its payload when
-/// `verify` (then `buf` holds the payload).
-fn scan_entry(
-    file: &File,
-    offset: u64,
-    file_len: u64,
-    verify: bool,
-    buf: &mut Vec<u8>,
-) -> io::Result<Scan> {
-    if offset == file_len {
-        return Ok(Scan::End);
-    }
-    if file_len - offset < HEADER_BYTES {
-        return Ok(Scan::Bad(format!(
-            "{} bytes left, too short for an entry header",
-            file_len - offset
-        )));
-    }
-    let mut header = [0u8; HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, offset)?;
-    let len = u64::from(u32::from_le_bytes([
-        header[0], header[1], header[2], header[3],
-    ]));
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len == 0 {
-        return Ok(Scan::Bad("zero-length entry".into()));
-    }
-    if len > file_len - offset - HEADER_BYTES {
-        return Ok(Scan::Bad(format!(
-            "entry says {len} bytes but only {} remain",
-            file_len - offset - HEADER_BYTES
-        )));
-    }
-    if verify {
-        buf.clear();
-        buf.resize(len as usize, 0);
-        file.read_exact_at(buf, offset + HEADER_BYTES)?;
-        let actual = crc32fast::hash(buf);
-        if actual != crc {
-            return Ok(Scan::Bad(format!(
-                "checksum {actual:08x} does not match the stored {crc:08x}"
-            )));
-        }
-    }
-    Ok(Scan::Entry { len })
-}
-
 impl Queue {
     /// Opens (or creates) the queue in `dir`, repairs a torn tail, and positions consumers at
     /// `start` (the sink's last committed position; clamped to what exists).
@@ -241,14 +202,14 @@ impl Queue {
             sync_dir(dir)?;
             segments.push(first);
         }
-        let last = *segments.last().expect("at least one segment");
+        let mut last = *segments.last().expect("at least one segment");
         let last_path = segment_path(dir, last);
-        let last_file = OpenOptions::new()
+        let mut last_file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&last_path)
             .map_err(io_err(&last_path))?;
-        let end = repair_tail(&last_file, &last_path)?;
+        let (mut end, format) = recover_last(&last_file, &last_path, last)?;
 
         // Clamp the start to what exists.
         let first = segments[0];
@@ -283,6 +244,20 @@ impl Queue {
         for &seg in segments.iter().filter(|&&s| s < start.segment) {
             let path = segment_path(dir, seg);
             fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        if format == Format::V1 && end > 0 {
+            // This build writes version 2 entries only: the old segment is sealed as it is.
+            last_file.sync_all().map_err(io_err(&last_path))?;
+            last += 1;
+            let path = segment_path(dir, last);
+            last_file = new_segment(&path)?;
+            sync_dir(dir)?;
+            segments.push(last);
+            end = 0;
+            info!(
+                segment = last,
+                "Queue segment of an earlier format sealed; new entries go to a new segment"
+            );
         }
 
         let (queued_bytes, queued_records) = count_from(dir, &segments, start, last, end)?;
@@ -349,7 +324,7 @@ impl Queue {
         if len == 0 {
             return Err(QueueError::EntryTooLarge(0));
         }
-        let entry_bytes = HEADER_BYTES + u64::from(len);
+        let entry_bytes = ENTRY_OVERHEAD_BYTES + u64::from(len);
         let records = payload_records(&payload[..payload.len().min(4096)]);
         let my_end = {
             let mut w = self.writer();
@@ -369,9 +344,7 @@ impl Queue {
             if w.end > 0 && w.end + entry_bytes > self.inner.segment_bytes {
                 self.roll(&mut w)?;
             }
-            let mut header = [0u8; HEADER_BYTES as usize];
-            header[..4].copy_from_slice(&len.to_le_bytes());
-            header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            let header = frame::header(w.segment, w.end, payload);
             let path = segment_path(&self.inner.dir, w.segment);
             let written = (&*w.file)
                 .write_all(&header)
@@ -447,16 +420,7 @@ impl Queue {
             }
         })?;
         let next = w.segment + 1;
-        let path = segment_path(&self.inner.dir, next);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        // A leftover file of that name (only possible after manual meddling) is emptied.
-        file.set_len(0).map_err(io_err(&path))?;
+        let file = new_segment(&segment_path(&self.inner.dir, next))?;
         sync_dir(&self.inner.dir)?;
         debug!(segment = next, "Queue segment started");
         {
@@ -566,32 +530,69 @@ impl Queue {
     }
 }
 
-/// Scans the last segment and cuts it at the first torn or corrupt entry; returns its length.
-fn repair_tail(file: &File, path: &Path) -> Result<u64, QueueError> {
+/// Creates an empty segment file at `path` (a leftover file of that name, only possible after
+/// manual meddling, is emptied).
+fn new_segment(path: &Path) -> Result<File, QueueError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(0).map_err(io_err(path))?;
+    Ok(file)
+}
+
+/// Scans the newest segment: damage followed by an intact entry is left for the reader (see
+/// the module docs); a torn tail (a bad entry with nothing intact after it) is cut. Returns the
+/// segment's end and format.
+fn recover_last(file: &File, path: &Path, segment: u64) -> Result<(u64, Format), QueueError> {
     let file_len = file.metadata().map_err(io_err(path))?.len();
+    let format = frame::detect(file, segment, file_len).map_err(io_err(path))?;
     let mut offset = 0;
     let mut buf = Vec::new();
     loop {
-        match scan_entry(file, offset, file_len, true, &mut buf).map_err(io_err(path))? {
-            Scan::Entry { len } => offset += HEADER_BYTES + len,
-            Scan::End => return Ok(offset),
+        let scan = frame::scan_entry(file, format, segment, offset, file_len, true, &mut buf)
+            .map_err(io_err(path))?;
+        match scan {
+            Scan::Entry { len } => offset += format.header_bytes() + len,
+            Scan::End => return Ok((offset, format)),
             Scan::Bad(reason) => {
-                warn!(
-                    path = %path.display(),
-                    offset,
-                    cut_bytes = file_len - offset,
-                    reason = %reason,
-                    "Queue segment has a torn or corrupt tail; cutting it"
-                );
-                file.set_len(offset).map_err(io_err(path))?;
-                file.sync_all().map_err(io_err(path))?;
-                return Ok(offset);
+                match frame::resync(file, format, segment, offset + 1, file_len)
+                    .map_err(io_err(path))?
+                {
+                    Some(next) => {
+                        warn!(
+                            path = %path.display(),
+                            offset,
+                            damaged_bytes = next - offset,
+                            reason = %reason,
+                            "Queue segment damaged before intact entries; keeping them (the damage is moved aside when the sink reaches it)"
+                        );
+                        offset = next;
+                    }
+                    None => {
+                        warn!(
+                            path = %path.display(),
+                            offset,
+                            cut_bytes = file_len - offset,
+                            reason = %reason,
+                            "Queue segment has a torn tail; cutting it"
+                        );
+                        file.set_len(offset).map_err(io_err(path))?;
+                        file.sync_all().map_err(io_err(path))?;
+                        return Ok((offset, format));
+                    }
+                }
             }
         }
     }
 }
 
-/// Bytes and log records queued from `start` to the end (`last` segment, `end` offset).
+/// Bytes and log records queued from `start` to the end (`last` segment, `end` offset). Every
+/// byte counts, damage included (the reader passes over it); records are counted in the entries
+/// found, without verifying their payloads.
 fn count_from(
     dir: &Path,
     segments: &[u64],
@@ -602,6 +603,7 @@ fn count_from(
     let mut bytes = 0;
     let mut records = 0;
     let mut head = vec![0u8; 4096];
+    let mut unused = Vec::new();
     for &seg in segments.iter().filter(|&&s| s >= start.segment) {
         let path = segment_path(dir, seg);
         let file = File::open(&path).map_err(io_err(&path))?;
@@ -610,27 +612,33 @@ fn count_from(
         } else {
             file.metadata().map_err(io_err(&path))?.len()
         };
+        let format = frame::detect(&file, seg, file_len).map_err(io_err(&path))?;
         let mut offset = if seg == start.segment {
             start.offset
         } else {
             0
         };
-        let mut unused = Vec::new();
+        bytes += file_len.saturating_sub(offset);
         loop {
-            match scan_entry(&file, offset, file_len, false, &mut unused).map_err(io_err(&path))? {
+            let scan = frame::scan_entry(&file, format, seg, offset, file_len, false, &mut unused)
+                .map_err(io_err(&path))?;
+            match scan {
                 Scan::Entry { len } => {
                     let n = (len as usize).min(head.len());
-                    file.read_exact_at(&mut head[..n], offset + HEADER_BYTES)
+                    let payload = offset + format.header_bytes();
+                    file.read_exact_at(&mut head[..n], payload)
                         .map_err(io_err(&path))?;
                     records += payload_records(&head[..n]);
-                    bytes += HEADER_BYTES + len;
-                    offset += HEADER_BYTES + len;
+                    offset = payload + len;
                 }
                 Scan::End => break,
-                Scan::Bad(reason) => {
-                    warn!(path = %path.display(), offset, reason = %reason, "Queue segment damaged; the sink will skip past it");
-                    bytes += file_len - offset;
-                    break;
+                Scan::Bad(_) => {
+                    match frame::resync(&file, format, seg, offset + 1, file_len)
+                        .map_err(io_err(&path))?
+                    {
+                        Some(next) => offset = next,
+                        None => break,
+                    }
                 }
             }
         }
@@ -653,7 +661,15 @@ pub(crate) struct Entry {
 pub(crate) struct QueueReader {
     queue: Queue,
     position: Position,
-    file: Option<(u64, File)>,
+    file: Option<OpenSegment>,
+}
+
+/// The segment a reader is in.
+#[derive(Debug)]
+struct OpenSegment {
+    segment: u64,
+    file: File,
+    format: Format,
 }
 
 /// Whether [`QueueReader::next`] may wait for an entry.
@@ -671,8 +687,33 @@ impl QueueReader {
         self.position
     }
 
+    /// Opens the reader's current segment (when it is not open yet) and returns it with the
+    /// end of its readable bytes.
+    fn segment(&mut self, durable: Position) -> Result<(&OpenSegment, u64), QueueError> {
+        let seg = self.position.segment;
+        let path = segment_path(&self.queue.inner.dir, seg);
+        if self.file.as_ref().map(|f| f.segment) != Some(seg) {
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            let format = frame::detect(&file, seg, len).map_err(io_err(&path))?;
+            self.file = Some(OpenSegment {
+                segment: seg,
+                file,
+                format,
+            });
+        }
+        let open = self.file.as_ref().expect("opened above");
+        let limit = if seg == durable.segment {
+            durable.offset
+        } else {
+            open.file.metadata().map_err(io_err(&path))?.len()
+        };
+        Ok((open, limit))
+    }
+
     /// The next durable entry, or `None` (with [`Wait::Block`]: only when the queue closed and
-    /// the reader caught up or the drain deadline passed).
+    /// the reader caught up or the drain deadline passed). On [`QueueError::Corrupt`] the
+    /// position stays on the damage: call [`Self::skip_damaged`] to move past it.
     pub(crate) fn next(&mut self, wait: Wait) -> Result<Option<Entry>, QueueError> {
         loop {
             let durable = {
@@ -698,40 +739,33 @@ impl QueueReader {
                 }
                 shared.durable
             };
-            let dir = &self.queue.inner.dir;
             let seg = self.position.segment;
-            let path = segment_path(dir, seg);
-            if self.file.as_ref().map(|(s, _)| *s) != Some(seg) {
-                let file = File::open(&path).map_err(io_err(&path))?;
-                self.file = Some((seg, file));
-            }
-            let file = &self.file.as_ref().expect("opened above").1;
-            let limit = if seg == durable.segment {
-                durable.offset
-            } else {
-                file.metadata().map_err(io_err(&path))?.len()
-            };
+            let offset = self.position.offset;
+            let (open, limit) = self.segment(durable)?;
+            let format = open.format;
             let mut data = Vec::new();
-            match scan_entry(file, self.position.offset, limit, true, &mut data)
-                .map_err(io_err(&path))?
-            {
+            let scan = frame::scan_entry(&open.file, format, seg, offset, limit, true, &mut data)
+                .map_err(io_err(&segment_path(&self.queue.inner.dir, seg)))?;
+            match scan {
                 Scan::Entry { len } => {
-                    self.position.offset += HEADER_BYTES + len;
+                    let bytes = format.header_bytes() + len;
+                    self.position.offset += bytes;
                     let records = payload_records(&data[..data.len().min(4096)]);
                     return Ok(Some(Entry {
                         data,
-                        bytes: HEADER_BYTES + len,
+                        bytes,
                         records,
                     }));
                 }
                 Scan::End => {
                     // A sealed segment is finished: go on with the next one.
+                    let dir = &self.queue.inner.dir;
                     let next = list_segments(dir)?
                         .into_iter()
                         .find(|&s| s > seg)
                         .ok_or_else(|| QueueError::Corrupt {
-                            path: path.clone(),
-                            offset: self.position.offset,
+                            path: segment_path(dir, seg),
+                            offset,
                             reason: "the queue ends inside a sealed segment".into(),
                         })?;
                     self.position = Position {
@@ -742,8 +776,8 @@ impl QueueReader {
                 }
                 Scan::Bad(reason) => {
                     return Err(QueueError::Corrupt {
-                        path,
-                        offset: self.position.offset,
+                        path: segment_path(&self.queue.inner.dir, seg),
+                        offset,
                         reason,
                     })
                 }
@@ -751,21 +785,80 @@ impl QueueReader {
         }
     }
 
-    /// Skips the rest of the current segment (after [`QueueError::Corrupt`]); returns the bytes
-    /// skipped.
-    pub(crate) fn skip_segment(&mut self) -> Result<u64, QueueError> {
+    /// After [`QueueError::Corrupt`]: finds the next intact entry after the damaged bytes (or
+    /// the end of what the segment holds), keeps a copy of the damaged bytes under
+    /// `queue/damaged/`, counts them, and moves the position past them. Returns the bytes skipped.
+    pub(crate) fn skip_damaged(&mut self) -> Result<u64, QueueError> {
         let durable = self.queue.shared().durable;
         let seg = self.position.segment;
-        let end = if seg == durable.segment {
-            durable.offset
-        } else {
-            let path = segment_path(&self.queue.inner.dir, seg);
-            fs::metadata(&path).map_err(io_err(&path))?.len()
-        };
-        let skipped = end.saturating_sub(self.position.offset);
-        self.position.offset = end.max(self.position.offset);
+        let from = self.position.offset;
+        let dir = self.queue.inner.dir.clone();
+        let path = segment_path(&dir, seg);
+        let (open, limit) = self.segment(durable)?;
+        if from >= limit {
+            return Ok(0);
+        }
+        let next = frame::resync(&open.file, open.format, seg, from + 1, limit)
+            .map_err(io_err(&path))?
+            .unwrap_or(limit);
+        let skipped = next - from;
+        match keep_damaged(&dir, seg, &open.file, from, skipped) {
+            Ok(kept) => warn!(
+                path = %path.display(),
+                offset = from,
+                damaged_bytes = skipped,
+                resumed_at = next,
+                kept = %kept.display(),
+                "Damaged queue bytes moved aside; reading on at the next intact entry"
+            ),
+            Err(e) => warn!(
+                path = %path.display(),
+                offset = from,
+                damaged_bytes = skipped,
+                resumed_at = next,
+                error = %e,
+                "Damaged queue bytes could not be copied aside (they stay in the segment until it is trimmed); reading on at the next intact entry"
+            ),
+        }
+        self.queue
+            .inner
+            .metrics
+            .queue_damaged_bytes
+            .fetch_add(skipped, Ordering::Relaxed);
+        self.position.offset = next;
         Ok(skipped)
     }
+}
+
+/// Copies `len` damaged bytes at `offset` of `segment` to
+/// `<dir>/damaged/<segment>.seg.damaged-<offset>` (fsynced), unless an earlier pass already did.
+fn keep_damaged(
+    dir: &Path,
+    segment: u64,
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> Result<PathBuf, QueueError> {
+    let damaged = dir.join(DAMAGED_DIR);
+    fs::create_dir_all(&damaged).map_err(io_err(&damaged))?;
+    let path = damaged.join(format!("{segment:020}{SEGMENT_SUFFIX}.damaged-{offset}"));
+    if fs::metadata(&path).is_ok_and(|m| m.len() == len) {
+        return Ok(path);
+    }
+    let mut out = File::create(&path).map_err(io_err(&path))?;
+    let mut chunk = vec![0u8; (len as usize).min(1 << 20)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(chunk.len() as u64) as usize;
+        let segment_path = segment_path(dir, segment);
+        file.read_exact_at(&mut chunk[..n], offset + done)
+            .map_err(io_err(&segment_path))?;
+        out.write_all(&chunk[..n]).map_err(io_err(&path))?;
+        done += n as u64;
+    }
+    out.sync_all().map_err(io_err(&path))?;
+    sync_dir(&damaged)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -792,6 +885,24 @@ mod tests {
         out
     }
 
+    /// Drains as the sink does: passes over damage. Returns the payloads and the bytes skipped.
+    fn drain_skipping(reader: &mut QueueReader) -> (Vec<Vec<u8>>, u64) {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        loop {
+            match reader.next(Wait::NoWait) {
+                Ok(Some(e)) => out.push(e.data),
+                Ok(None) => return (out, skipped),
+                Err(QueueError::Corrupt { .. }) => skipped += reader.skip_damaged().unwrap(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn start_of(segment: u64) -> Position {
+        Position { segment, offset: 0 }
+    }
+
     #[test]
     fn appends_reads_in_order_and_trims_whole_segments() {
         let tmp = tempfile::tempdir().unwrap();
@@ -805,7 +916,10 @@ mod tests {
             list_segments(&dir).unwrap().len() > 2,
             "rolled at 300 bytes"
         );
-        let total: u64 = batches.iter().map(|b| b.len() as u64 + 8).sum();
+        let total: u64 = batches
+            .iter()
+            .map(|b| b.len() as u64 + ENTRY_OVERHEAD_BYTES)
+            .sum();
         assert_eq!(q.queued(), (total, 20));
 
         let mut r = q.reader(start);
@@ -831,7 +945,10 @@ mod tests {
         let (q, start) = open(&dir, 300, 1 << 20, pos);
         let mut r = q.reader(start);
         assert_eq!(drain(&mut r), batches[5..]);
-        let rest: u64 = batches[5..].iter().map(|b| b.len() as u64 + 8).sum();
+        let rest: u64 = batches[5..]
+            .iter()
+            .map(|b| b.len() as u64 + ENTRY_OVERHEAD_BYTES)
+            .sum();
         assert_eq!(q.queued(), (rest, 10));
     }
 
@@ -870,49 +987,41 @@ mod tests {
         assert_eq!(drain(&mut r).len(), 3);
     }
 
+    /// Regression (issue 10, finding 5): a checksum mismatch in the middle of the newest segment
+    /// used to cut the segment there, dropping the acknowledged entries after it.
     #[test]
-    fn corrupt_checksum_cuts_the_tail_from_that_entry() {
+    fn corrupt_checksum_mid_segment_keeps_the_entries_after_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("queue");
         let (q, _) = open(&dir, 1 << 20, 1 << 20, Position::default());
-        let a = batch(1, "a");
-        q.append(&a).unwrap();
-        q.append(&batch(1, "b")).unwrap();
-        q.append(&batch(1, "c")).unwrap();
+        let (a, b, c) = (batch(1, "a"), batch(1, "b"), batch(1, "c"));
+        for e in [&a, &b, &c] {
+            q.append(e).unwrap();
+        }
         drop(q);
         let seg = segment_path(&dir, 1);
         let mut bytes = fs::read(&seg).unwrap();
-        let b_payload = a.len() + 8 + 8 + 3;
+        let b_start = a.len() + 16;
+        let b_payload = b_start + 16 + 3;
         bytes[b_payload] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
 
-        let (q, start) = open(&dir, 1 << 20, 1 << 20, Position::default());
-        assert_eq!(fs::metadata(&seg).unwrap().len(), a.len() as u64 + 8);
-        assert_eq!(drain(&mut q.reader(start)), [a]);
-    }
-
-    #[test]
-    fn reader_reports_corruption_in_a_sealed_segment_and_can_skip_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("queue");
-        let (q, start) = open(&dir, 100, 1 << 20, Position::default());
-        for tag in ["a", "b", "c"] {
-            q.append(&batch(1, tag)).unwrap();
-        }
-        // Each entry has its own segment (each is > 50 bytes); damage the first.
-        let seg = segment_path(&dir, 1);
-        let mut bytes = fs::read(&seg).unwrap();
-        bytes[10] ^= 0xff;
-        fs::write(&seg, &bytes).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (q, start) =
+            Queue::open(&dir, 1 << 20, 1 << 20, start_of(1), Arc::clone(&metrics)).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
         let mut r = q.reader(start);
-        let err = r.next(Wait::NoWait).unwrap_err();
-        assert!(
-            matches!(err, QueueError::Corrupt { offset: 0, .. }),
-            "{err}"
+        let (got, skipped) = drain_skipping(&mut r);
+        assert_eq!(got, [a, c]);
+        assert_eq!(skipped, b.len() as u64 + 16);
+        assert_eq!(metrics.queue_damaged_bytes.load(Ordering::Relaxed), skipped);
+        let kept = dir
+            .join(DAMAGED_DIR)
+            .join(format!("{:020}.seg.damaged-{b_start}", 1));
+        assert_eq!(
+            fs::read(kept).unwrap(),
+            bytes[b_start..b_start + 16 + b.len()]
         );
-        assert!(err.to_string().contains("checksum"), "{err}");
-        assert_eq!(r.skip_segment().unwrap(), bytes.len() as u64);
-        assert_eq!(drain(&mut r), [batch(1, "b"), batch(1, "c")]);
     }
 
     #[test]
@@ -920,7 +1029,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("queue");
         let b = batch(3, "x");
-        let limit = 2 * (b.len() as u64 + 8);
+        let limit = 2 * (b.len() as u64 + ENTRY_OVERHEAD_BYTES);
         let (q, start) = open(&dir, 1 << 20, limit, Position::default());
         q.append(&b).unwrap();
         q.append(&b).unwrap();

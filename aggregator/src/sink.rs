@@ -107,8 +107,7 @@ pub(crate) fn run(
     info!("Sink stopped");
 }
 
-/// Entries taken together into one commit; `skipped` counts queue bytes passed over after
-/// corruption.
+/// Entries taken together into one commit; `skipped` counts damaged queue bytes passed over.
 struct Group {
     entries: Vec<Entry>,
     skipped: u64,
@@ -140,9 +139,9 @@ fn next_group(reader: &mut QueueReader, queue: &Queue, metrics: &Metrics) -> Opt
             Ok(None) => return Some(group),
             Err(e @ QueueError::Corrupt { .. }) => {
                 metrics.sink_error(SinkError::Corrupt);
-                match reader.skip_segment() {
+                match reader.skip_damaged() {
                     Ok(skipped) => {
-                        error!(error = %e, skipped_bytes = skipped, "Queue entry corrupt; skipping the rest of its segment");
+                        error!(error = %e, skipped_bytes = skipped, "Queue entry damaged; passed over to the next intact entry");
                         group.skipped += skipped;
                     }
                     Err(e) => {
@@ -220,26 +219,35 @@ mod tests {
         assert_eq!(metrics.queue_bytes.load(Ordering::Relaxed), 0);
     }
 
+    /// Damage in the middle of a segment costs only the damaged entry: the intact entries after
+    /// it, in the same segment and the next, reach the store.
     #[test]
-    fn skips_a_corrupt_segment_and_goes_on() {
+    fn passes_over_a_damaged_entry_and_stores_the_intact_ones_after_it() {
         let tmp = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
-        let store = LocalStore::open(&tmp.path().join("store"), 7, Utc::now()).unwrap();
-        // Tiny segments: one entry each.
+        let store_dir = tmp.path().join("store");
+        let store = LocalStore::open(&store_dir, 7, Utc::now()).unwrap();
+        let entries: Vec<Vec<u8>> = (0..6)
+            .map(|offset| batch(&[record("s", offset, "m")]))
+            .collect();
+        let entry_bytes = |e: &Vec<u8>| e.len() as u64 + crate::queue::ENTRY_OVERHEAD_BYTES;
+        // Entries 0..4 fill segment 1; entry 5 starts segment 2.
+        let segment_bytes: u64 = entries[..5].iter().map(entry_bytes).sum();
         let (queue, start) = Queue::open(
             &tmp.path().join("queue"),
-            10,
+            segment_bytes,
             1 << 30,
             Position::default(),
             Arc::clone(&metrics),
         )
         .unwrap();
-        for offset in 0..3 {
-            queue.append(&batch(&[record("s", offset, "m")])).unwrap();
+        for e in &entries {
+            queue.append(e).unwrap();
         }
         let first = tmp.path().join("queue").join(format!("{:020}.seg", 1));
         let mut bytes = std::fs::read(&first).unwrap();
-        bytes[20] ^= 0xff;
+        let damaged_at = (entry_bytes(&entries[0]) + entry_bytes(&entries[1])) as usize;
+        bytes[damaged_at + 20] ^= 0xff;
         std::fs::write(&first, bytes).unwrap();
         queue.close(Instant::now() + Duration::from_secs(30));
         let alive = Arc::new(AtomicBool::new(true));
@@ -250,10 +258,32 @@ mod tests {
             Arc::clone(&metrics),
             alive,
         );
-        assert_eq!(metrics.sink_records.load(Ordering::Relaxed), 2);
-        assert!(metrics
-            .render()
-            .contains("ferry_sink_errors_total{error_type=\"corrupt\"} 1\n"));
+        let stored: Vec<u64> = std::fs::read_dir(&store_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["log"]["offset"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(stored, [0, 1, 3, 4, 5]);
+        let text = metrics.render();
+        assert!(
+            text.contains("ferry_sink_errors_total{error_type=\"corrupt\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "ferry_queue_damaged_bytes_total {}\n",
+            entry_bytes(&entries[2])
+        )));
         assert_eq!(metrics.queue_bytes.load(Ordering::Relaxed), 0);
     }
 }

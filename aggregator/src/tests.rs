@@ -379,7 +379,7 @@ async fn full_queue_answers_503_with_retry_after_and_appends_nothing() {
     // Room for the first batch and 1000 bytes more; the second batch is a little bigger.
     let handle = start(AggregatorConfig {
         max_decompressed_bytes: raw_len as usize + 1000,
-        queue_max_bytes: raw_len + 8 + 1000,
+        queue_max_bytes: raw_len + 16 + 1000,
         retry_after_seconds: 3,
         ..config(tmp.path())
     })
@@ -406,7 +406,7 @@ async fn full_queue_answers_503_with_retry_after_and_appends_nothing() {
         .contains("queue is full"));
     assert_eq!(
         handle.status().queue_bytes,
-        raw_len + 8,
+        raw_len + 16,
         "the refused batch was not queued"
     );
     wait_for("a sink error", || {
