@@ -45,7 +45,7 @@ pub struct AggregatorConfig {
     /// Value of the `Retry-After` header sent with 503 when the queue is full. Default 1.
     #[serde(default = "default_retry_after_seconds")]
     pub retry_after_seconds: u64,
-    /// Where queued batches go. Default `{ type = "local", retention_days = 7 }`.
+    /// Where queued batches go. Default `{ type = "local", retention_days = 7, max_sources = 250000 }`.
     #[serde(default)]
     pub sink: SinkConfig,
     /// How long a container's series stay on `/metrics` after its last stats sample arrived;
@@ -65,6 +65,13 @@ pub enum SinkConfig {
         /// days before today (UTC). Default 7.
         #[serde(default = "default_retention_days")]
         retention_days: u32,
+        /// Most sources (log file fingerprints) whose high-water marks the store keeps for
+        /// de-duplication. A source is forgotten when its agent retires it; past this count the
+        /// least recently stored tenth are forgotten too (`ferry_store_sources_evicted_total`),
+        /// and a replay of one of those would be stored again. About 100 bytes of memory each.
+        /// Default 250000.
+        #[serde(default = "default_max_sources")]
+        max_sources: usize,
     },
     /// Counts records and drops them (for benchmarks).
     Discard,
@@ -74,6 +81,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig::Local {
             retention_days: default_retention_days(),
+            max_sources: default_max_sources(),
         }
     }
 }
@@ -112,6 +120,10 @@ const fn default_stats_grace_seconds() -> u64 {
 
 const fn default_retention_days() -> u32 {
     7
+}
+
+const fn default_max_sources() -> usize {
+    250_000
 }
 
 impl Default for AggregatorConfig {
@@ -221,12 +233,23 @@ impl AggregatorConfig {
                 "must be at least 1".into(),
             );
         }
-        if let SinkConfig::Local { retention_days } = self.sink {
+        if let SinkConfig::Local {
+            retention_days,
+            max_sources,
+        } = self.sink
+        {
             if retention_days == 0 {
                 bad(
                     "sink.retention_days",
                     "0".into(),
                     "must be at least 1".into(),
+                );
+            }
+            if max_sources < 10 {
+                bad(
+                    "sink.max_sources",
+                    max_sources.to_string(),
+                    "must be at least 10".into(),
                 );
             }
         }
@@ -244,7 +267,13 @@ mod tests {
         assert_eq!(config, AggregatorConfig::default());
         assert_eq!(config.listen.to_string(), "127.0.0.1:7480");
         assert_eq!(config.max_body_bytes, 16 << 20);
-        assert_eq!(config.sink, SinkConfig::Local { retention_days: 7 });
+        assert_eq!(
+            config.sink,
+            SinkConfig::Local {
+                retention_days: 7,
+                max_sources: 250_000
+            }
+        );
         config.validate().unwrap();
     }
 
@@ -264,9 +293,22 @@ mod tests {
         assert_eq!(c.sink, SinkConfig::Discard);
         let c: AggregatorConfig =
             serde_json::from_str(r#"{"sink":{"type":"local","retention_days":3}}"#).unwrap();
-        assert_eq!(c.sink, SinkConfig::Local { retention_days: 3 });
-        let c: AggregatorConfig = serde_json::from_str(r#"{"sink":{"type":"local"}}"#).unwrap();
-        assert_eq!(c.sink, SinkConfig::Local { retention_days: 7 });
+        assert_eq!(
+            c.sink,
+            SinkConfig::Local {
+                retention_days: 3,
+                max_sources: 250_000
+            }
+        );
+        let c: AggregatorConfig =
+            serde_json::from_str(r#"{"sink":{"type":"local","max_sources":1000}}"#).unwrap();
+        assert_eq!(
+            c.sink,
+            SinkConfig::Local {
+                retention_days: 7,
+                max_sources: 1000
+            }
+        );
     }
 
     #[test]
@@ -286,7 +328,10 @@ mod tests {
             token: Some("se cret".into()),
             queue_max_bytes: 10,
             retry_after_seconds: 0,
-            sink: SinkConfig::Local { retention_days: 0 },
+            sink: SinkConfig::Local {
+                retention_days: 0,
+                max_sources: 9,
+            },
             ..Default::default()
         };
         let problems = config.problems();
@@ -297,7 +342,8 @@ mod tests {
                 "token",
                 "queue_max_bytes",
                 "retry_after_seconds",
-                "sink.retention_days"
+                "sink.retention_days",
+                "sink.max_sources"
             ]
         );
         assert!(!problems[0].to_string().contains("cret"), "{}", problems[0]);

@@ -163,9 +163,13 @@ fn open_storage(
     metrics: Arc<Metrics>,
 ) -> Result<(Sink, Queue, Position), StartError> {
     let sink = match config.sink {
-        SinkConfig::Local { retention_days } => Sink::Local(local::LocalStore::open(
+        SinkConfig::Local {
+            retention_days,
+            max_sources,
+        } => Sink::Local(local::LocalStore::open(
             &store_dir(&config.data_dir),
             retention_days,
+            max_sources,
             chrono::Utc::now(),
         )?),
         SinkConfig::Discard => Sink::Discard,

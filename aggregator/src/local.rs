@@ -6,20 +6,26 @@
 //! ferry-2026-11-28.ndjson   one log record per line, as the agent sent it, with
 //!                           `event.ingested` set; the file is chosen by the UTC day the
 //!                           aggregator stored the record (its ingest day), not by `@timestamp`
-//! state.json                the commit record (below)
+//! state.json, state.journal the commit record: a snapshot and the commits since (see [`state`])
 //! ```
-//! `state.json` is `{"version":1,"queue_position":{"segment":S,"offset":O},
-//! "files":{"ferry-2026-11-28.ndjson":LEN,…},"hwm":{"<fingerprint>":{"offset":N,"seen":"2026-11-28"},…}}`.
 //!
 //! **Exactly once.** One agent sends one batch at a time and a source's records arrive in
 //! increasing `log.offset` order, so the store keeps a high-water mark per source fingerprint (the
 //! largest offset stored) and treats a record at or below it as a replay: counted in
 //! `ferry_sink_duplicates_total`, not written. A group of queue entries is committed by writing
-//! its lines, fsyncing the day file, then atomically replacing `state.json` (temp file, fsync,
-//! rename, fsync directory). On open every day file is cut back to its committed length, so lines
-//! written after the last commit (a crash in between) are dropped and re-applied from the queue,
-//! which resumes at the committed `queue_position`. Retention deletes day files (and forgets
-//! high-water marks) older than `retention_days`. This module does no HTTP and reads no queue.
+//! its lines, fsyncing the day file, then appending one record (the new file length, the queue
+//! position, the marks that moved, the sources dropped) to the state journal and fsyncing it. On
+//! open every day file is cut back to its committed length, so lines written after the last
+//! commit (a crash in between) are dropped and re-applied from the queue, which resumes at the
+//! committed position.
+//!
+//! **What the dedup state remembers.** A source's mark is kept until its agent reports it
+//! retired (`retired` in a batch header: the agent has durably forgotten the file and will never
+//! send it again); it is dropped in the same commit as that batch. Nothing is forgotten because
+//! time passed. The one bound is `max_sources`: past it, the least recently stored tenth is
+//! evicted, counted in `ferry_store_sources_evicted_total` and logged; a replay of an evicted
+//! source would be stored again. Retention deletes day files older than `retention_days`. This
+//! module does no HTTP and reads no queue.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -28,14 +34,17 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Days, NaiveDate, SecondsFormat, Utc};
 use ferry_wire::{decode_batch, splice_ingested, Compression};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::queue::Position;
 
-const STATE_FILE: &str = "state.json";
-const STATE_TMP: &str = "state.json.tmp";
-const STATE_VERSION: u32 = 1;
+mod state;
+#[cfg(test)]
+mod state_tests;
+
+#[cfg(test)]
+pub(crate) use state::faults;
+use state::{Mark, Pending, State, StateFiles, Step};
 
 /// Name of the day file for `day`.
 pub(crate) fn day_file_name(day: NaiveDate) -> String {
@@ -68,28 +77,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// A source's high-water mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Hwm {
-    /// Largest `log.offset` stored.
-    offset: u64,
-    /// Last ingest day a record of this source was stored (for retention).
-    seen: NaiveDate,
-}
-
-/// The commit record (`state.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    version: u32,
-    queue_position: Position,
-    /// Day file name → committed length in bytes.
-    files: BTreeMap<String, u64>,
-    /// Source fingerprint → high-water mark.
-    hwm: BTreeMap<String, Hwm>,
-}
-
 /// What applying a group of queue entries did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Applied {
@@ -97,6 +84,10 @@ pub(crate) struct Applied {
     pub(crate) duplicates: u64,
     /// Entries that did not decode (skipped).
     pub(crate) undecodable: u64,
+    /// Sources whose state was dropped because their agent retired them.
+    pub(crate) retired: u64,
+    /// Sources whose state was dropped because the store knew more than `max_sources`.
+    pub(crate) evicted: u64,
 }
 
 /// The local store, owned by the sink thread.
@@ -104,8 +95,9 @@ pub(crate) struct Applied {
 pub(crate) struct LocalStore {
     dir: PathBuf,
     retention_days: u32,
-    /// What is on disk and committed.
-    committed: State,
+    max_sources: usize,
+    /// What is on disk and committed (boxed: the sink enum holds the store by value).
+    state: Box<StateFiles>,
     /// The open day file (name, handle); its length equals the committed one between applies.
     day_file: Option<(String, File)>,
     /// A failed apply left the files past their committed length: cut them before the next one.
@@ -117,62 +109,37 @@ pub(crate) struct LocalStore {
 
 impl LocalStore {
     /// Opens the store in `dir`: loads the commit record, cuts every day file back to its
-    /// committed length, and applies retention as of `now`.
+    /// committed length, and applies retention as of `now`. `max_sources` bounds the dedup state
+    /// (see the module docs).
     pub(crate) fn open(
         dir: &Path,
         retention_days: u32,
+        max_sources: usize,
         now: DateTime<Utc>,
     ) -> Result<LocalStore, StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let state_path = dir.join(STATE_FILE);
-        let tmp = dir.join(STATE_TMP);
-        if tmp.exists() {
-            // A commit that did not reach its rename: the old state is the committed one.
-            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
-        }
-        let committed = match fs::read(&state_path) {
-            Ok(bytes) => {
-                let state: State =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::State {
-                        path: state_path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if state.version != STATE_VERSION {
-                    return Err(StoreError::State {
-                        path: state_path,
-                        reason: format!(
-                            "version {} is not supported (this build reads version {STATE_VERSION})",
-                            state.version
-                        ),
-                    });
-                }
-                state
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => State {
-                version: STATE_VERSION,
-                ..Default::default()
-            },
-            Err(e) => return Err(io_err(&state_path)(e)),
-        };
-        let fresh = !state_path.exists();
+        let state = Box::new(match StateFiles::load(dir)? {
+            Some(state) => state,
+            // Without a state but with day files (state deleted by hand, or a store copied
+            // from elsewhere): keep the files as they are and rebuild the marks from them.
+            None => StateFiles::create(dir, adopt_orphans(dir)?)?,
+        });
         let mut store = LocalStore {
             dir: dir.to_path_buf(),
             retention_days,
-            committed,
+            max_sources,
+            state,
             day_file: None,
             dirty: false,
             retained_on: None,
             buf: Vec::new(),
         };
-        if fresh {
-            store.adopt_orphans()?;
-        }
         store.cut_to_committed()?;
         store.retain_daily(now)?;
         info!(
             dir = %dir.display(),
-            files = store.committed.files.len(),
-            sources = store.committed.hwm.len(),
+            files = store.state.committed().files.len(),
+            sources = store.sources(),
             "Local store opened"
         );
         Ok(store)
@@ -180,60 +147,23 @@ impl LocalStore {
 
     /// Where the queue must resume.
     pub(crate) fn queue_position(&self) -> Position {
-        self.committed.queue_position
+        self.state.committed().queue_position
     }
 
-    /// Without a `state.json` but with day files (state deleted by hand, or a store copied from
-    /// elsewhere): keep the files as they are and rebuild the high-water marks from them.
-    fn adopt_orphans(&mut self) -> Result<(), StoreError> {
-        for (name, path) in self.day_files()? {
-            let bytes = fs::read(&path).map_err(io_err(&path))?;
-            // Only whole lines count; a partial last line is cut.
-            let len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let day = day_of_file(&name).expect("day_files filters names");
-            for line in bytes[..len].split(|&b| b == b'\n') {
-                let Ok(keys) = serde_json::from_slice::<ferry_wire::RecordKeys<'_>>(line) else {
-                    continue;
-                };
-                let entry = self
-                    .committed
-                    .hwm
-                    .entry(keys.log.file.fingerprint.into_owned())
-                    .or_insert(Hwm {
-                        offset: keys.log.offset,
-                        seen: day,
-                    });
-                entry.offset = entry.offset.max(keys.log.offset);
-                entry.seen = entry.seen.max(day);
-            }
-            warn!(path = %path.display(), bytes = len, "Store file without a commit record adopted");
-            self.committed.files.insert(name, len as u64);
-        }
-        Ok(())
-    }
-
-    /// Day files present in the store, by name.
-    fn day_files(&self) -> Result<Vec<(String, PathBuf)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let entry = entry.map_err(io_err(&self.dir))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if day_of_file(name).is_some() {
-                    out.push((name.to_string(), entry.path()));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+    /// Sources whose high-water marks the store keeps.
+    pub(crate) fn sources(&self) -> usize {
+        self.state.committed().sources.len()
     }
 
     /// Cuts every day file back to its committed length (a file with no committed length was
-    /// created after the last commit and is removed).
+    /// created after the last commit and is removed), and the journal to its committed records.
     fn cut_to_committed(&mut self) -> Result<(), StoreError> {
         self.day_file = None;
-        for (name, path) in self.day_files()? {
+        self.state.cut_back()?;
+        let mut shorter = BTreeMap::new();
+        for (name, path) in day_files(&self.dir)? {
             let len = fs::metadata(&path).map_err(io_err(&path))?.len();
-            match self.committed.files.get(&name) {
+            match self.state.committed().files.get(&name) {
                 Some(&committed) if len > committed => {
                     warn!(path = %path.display(), committed, cut_bytes = len - committed, "Store file has uncommitted lines; cutting them (they are re-applied from the queue)");
                     let file = OpenOptions::new()
@@ -245,7 +175,7 @@ impl LocalStore {
                 }
                 Some(&committed) if len < committed => {
                     warn!(path = %path.display(), committed, len, "Store file is shorter than committed; records were lost outside ferry");
-                    self.committed.files.insert(name, len);
+                    shorter.insert(name, len);
                 }
                 Some(_) => {}
                 None => {
@@ -253,6 +183,11 @@ impl LocalStore {
                     fs::remove_file(&path).map_err(io_err(&path))?;
                 }
             }
+        }
+        if !shorter.is_empty() {
+            let mut record = self.state.committed().next_record();
+            record.files = shorter;
+            self.state.commit(record)?;
         }
         self.dirty = false;
         Ok(())
@@ -273,8 +208,7 @@ impl LocalStore {
         let day = now.date_naive();
         let name = day_file_name(day);
         let ingested = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut next = self.committed.clone();
-        next.queue_position = position;
+        let mut pending = Pending::default();
         let mut applied = Applied::default();
         self.buf.clear();
         for data in entries {
@@ -287,24 +221,19 @@ impl LocalStore {
                 }
             };
             for log in &batch.logs {
-                let seen = next.hwm.get(&log.fingerprint).map(|h| h.offset);
-                if seen.is_some_and(|hwm| log.offset <= hwm) {
+                if !pending.admit(self.state.committed(), &log.fingerprint, log.offset) {
                     applied.duplicates += 1;
                     continue;
                 }
-                next.hwm.insert(
-                    log.fingerprint.clone(),
-                    Hwm {
-                        offset: log.offset,
-                        seen: day,
-                    },
-                );
                 splice_ingested(batch.log_line(log), &ingested, &mut self.buf);
                 applied.stored += 1;
             }
+            pending.retire(self.state.committed(), &batch.header.retired);
         }
+        let mut files = BTreeMap::new();
         if !self.buf.is_empty() {
             let path = self.dir.join(&name);
+            let known = self.state.committed().files.get(&name).copied();
             if self.day_file.as_ref().map(|(n, _)| n) != Some(&name) {
                 let file = OpenOptions::new()
                     .create(true)
@@ -312,36 +241,37 @@ impl LocalStore {
                     .open(&path)
                     .map_err(io_err(&path))?;
                 self.day_file = Some((name.clone(), file));
-                if !self.committed.files.contains_key(&name) {
+                if known.is_none() {
                     debug!(path = %path.display(), "Store day file started");
                 }
             }
             let file = &mut self.day_file.as_mut().expect("opened above").1;
+            self.state.step(Step::DayWrite)?;
             file.write_all(&self.buf).map_err(io_err(&path))?;
+            self.state.step(Step::DaySync)?;
             file.sync_data().map_err(io_err(&path))?;
-            if !self.committed.files.contains_key(&name) {
+            if known.is_none() {
                 // The new file's directory entry must be durable before the state names it.
+                self.state.step(Step::DayDirSync)?;
                 sync_dir(&self.dir)?;
             }
-            *next.files.entry(name).or_insert(0) += self.buf.len() as u64;
+            files.insert(name, known.unwrap_or(0) + self.buf.len() as u64);
         }
-        self.write_state(&next)?;
-        self.committed = next;
+        let (record, dropped) =
+            pending.into_record(self.state.committed(), self.max_sources, position, files);
+        self.state.commit(record)?;
         self.dirty = false;
+        applied.retired = dropped.retired;
+        applied.evicted = dropped.evicted;
+        if dropped.evicted > 0 {
+            warn!(
+                evicted = dropped.evicted,
+                max_sources = self.max_sources,
+                sources = self.sources(),
+                "Store knew more sources than max_sources; forgot the least recently stored (a replay of one of them would be stored again)"
+            );
+        }
         Ok(applied)
-    }
-
-    /// Atomically replaces `state.json`.
-    fn write_state(&self, state: &State) -> Result<(), StoreError> {
-        let tmp = self.dir.join(STATE_TMP);
-        let bytes = serde_json::to_vec(state).expect("the state always serialises");
-        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(&bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        let path = self.dir.join(STATE_FILE);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.dir)
     }
 
     /// Runs [`Self::retain`] once per day.
@@ -354,9 +284,9 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Deletes day files whose day is more than `retention_days` before `now`'s day and forgets
-    /// sources not seen since then. The state is committed before files are removed, so a crash
-    /// in between leaves only files that [`Self::open`] removes as uncommitted.
+    /// Deletes day files whose day is more than `retention_days` before `now`'s day. Their
+    /// removal is committed before the files are deleted, so a crash in between leaves only
+    /// files that [`Self::open`] removes as uncommitted. Sources are not forgotten here.
     pub(crate) fn retain(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
         let Some(cutoff) = now
             .date_naive()
@@ -364,38 +294,38 @@ impl LocalStore {
         else {
             return Ok(());
         };
-        let old: Vec<(String, PathBuf)> = self
-            .day_files()?
+        let old: Vec<(String, PathBuf)> = day_files(&self.dir)?
             .into_iter()
             .filter(|(name, _)| day_of_file(name).is_some_and(|d| d < cutoff))
             .collect();
-        let stale = self.committed.hwm.values().any(|h| h.seen < cutoff);
-        let gone = self
-            .committed
+        let gone: Vec<String> = self
+            .state
+            .committed()
             .files
             .keys()
-            .any(|name| day_of_file(name).is_none_or(|d| d < cutoff));
-        if old.is_empty() && !stale && !gone {
+            .filter(|name| day_of_file(name).is_none_or(|d| d < cutoff))
+            .cloned()
+            .collect();
+        if old.is_empty() && gone.is_empty() {
             return Ok(());
         }
         if self.dirty {
             self.cut_to_committed()?;
         }
-        let mut next = self.committed.clone();
-        next.files
-            .retain(|name, _| day_of_file(name).is_some_and(|d| d >= cutoff));
-        let before = next.hwm.len();
-        next.hwm.retain(|_, h| h.seen >= cutoff);
-        self.write_state(&next)?;
-        self.committed = next;
+        if !gone.is_empty() {
+            let mut record = self.state.committed().next_record();
+            record.removed_files = gone;
+            self.state.commit(record)?;
+        }
         if self
             .day_file
             .as_ref()
-            .is_some_and(|(n, _)| !self.committed.files.contains_key(n))
+            .is_some_and(|(n, _)| !self.state.committed().files.contains_key(n))
         {
             self.day_file = None;
         }
         for (name, path) in old {
+            self.state.step(Step::FileDelete)?;
             match fs::remove_file(&path) {
                 Ok(()) => info!(path = %path.display(), "Store day file past retention deleted"),
                 Err(e) => {
@@ -403,12 +333,50 @@ impl LocalStore {
                 }
             }
         }
-        let forgotten = before - self.committed.hwm.len();
-        if forgotten > 0 {
-            debug!(sources = forgotten, "Store forgot sources past retention");
-        }
         Ok(())
     }
+}
+
+/// Day files present in the store, by name.
+fn day_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if day_of_file(name).is_some() {
+                out.push((name.to_string(), entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The state of a store found without one: its day files as they are (a partial last line is
+/// cut), and marks rebuilt from their records.
+fn adopt_orphans(dir: &Path) -> Result<State, StoreError> {
+    let mut state = State::default();
+    for (name, path) in day_files(dir)? {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        // Only whole lines count; a partial last line is cut.
+        let len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in bytes[..len].split(|&b| b == b'\n') {
+            let Ok(keys) = serde_json::from_slice::<ferry_wire::RecordKeys<'_>>(line) else {
+                continue;
+            };
+            let mark = state
+                .sources
+                .entry(keys.log.file.fingerprint.into_owned())
+                .or_insert(Mark {
+                    offset: keys.log.offset,
+                    last: 0,
+                });
+            mark.offset = mark.offset.max(keys.log.offset);
+        }
+        warn!(path = %path.display(), bytes = len, "Store file without a commit record adopted");
+        state.files.insert(name, len as u64);
+    }
+    Ok(state)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -479,7 +447,7 @@ pub(crate) mod tests {
     #[test]
     fn stores_lines_with_ingested_in_the_ingest_day_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let data = batch(&[record("s", 0, "a"), record("s", 10, "b")]);
         let applied = store.apply([&data[..]], pos(100), at(28, 9)).unwrap();
         assert_eq!(applied.stored, 2);
@@ -496,14 +464,14 @@ pub(crate) mod tests {
         assert_eq!(offsets(&tmp.path().join("ferry-2026-11-29.ndjson")), [20]);
         assert_eq!(offsets(&file), [0, 10]);
 
-        let reopened = LocalStore::open(tmp.path(), 7, at(29, 1)).unwrap();
+        let reopened = LocalStore::open(tmp.path(), 7, 1000, at(29, 1)).unwrap();
         assert_eq!(reopened.queue_position(), pos(200));
     }
 
     #[test]
     fn replay_of_the_same_batch_stores_nothing_new() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let data = batch(&[
             record("s", 0, "a"),
             record("t", 5, "x"),
@@ -530,7 +498,7 @@ pub(crate) mod tests {
 
         // The marks survive a restart.
         drop(store);
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 10)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 10)).unwrap();
         let data = batch(&[record("s", 20, "c"), record("u", 1, "p")]);
         let applied = store.apply([&data[..]], pos(5), at(28, 10)).unwrap();
         assert_eq!((applied.stored, applied.duplicates), (0, 2));
@@ -541,7 +509,7 @@ pub(crate) mod tests {
     #[test]
     fn uncommitted_lines_are_cut_on_open_and_reapplied_once() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let first = batch(&[record("s", 0, "a"), record("s", 10, "b")]);
         let second = batch(&[record("s", 20, "c"), record("s", 30, "d")]);
         store.apply([&first[..]], pos(1), at(28, 9)).unwrap();
@@ -563,12 +531,16 @@ pub(crate) mod tests {
         let orphan = tmp.path().join("ferry-2026-11-29.ndjson");
         fs::write(&orphan, &out).unwrap();
         // And a state commit that never reached its rename.
-        fs::write(tmp.path().join(STATE_TMP), b"{\"version\":1,\"garbage").unwrap();
+        fs::write(
+            tmp.path().join("state.json.tmp"),
+            b"{\"version\":1,\"garbage",
+        )
+        .unwrap();
 
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         assert_eq!(fs::metadata(&file).unwrap().len(), committed);
         assert!(!orphan.exists());
-        assert!(!tmp.path().join(STATE_TMP).exists());
+        assert!(!tmp.path().join("state.json.tmp").exists());
         assert_eq!(
             store.queue_position(),
             pos(1),
@@ -582,14 +554,18 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_apply_is_cut_back_before_the_next() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let first = batch(&[record("s", 0, "a")]);
         store.apply([&first[..]], pos(1), at(28, 9)).unwrap();
-        // Make the state commit fail: a directory where the temp file goes.
-        fs::create_dir(tmp.path().join(STATE_TMP)).unwrap();
+        // The commit fails after the group's lines were written.
+        let blocked = faults::block_commits(tmp.path());
         let second = batch(&[record("s", 10, "b")]);
         assert!(store.apply([&second[..]], pos(2), at(28, 9)).is_err());
-        fs::remove_dir(tmp.path().join(STATE_TMP)).unwrap();
+        assert_eq!(
+            offsets(&tmp.path().join("ferry-2026-11-28.ndjson")),
+            [0, 10]
+        );
+        drop(blocked);
         let applied = store.apply([&second[..]], pos(2), at(28, 9)).unwrap();
         assert_eq!(
             applied.stored, 1,
@@ -601,10 +577,12 @@ pub(crate) mod tests {
         );
     }
 
+    /// Regression (issue 10, finding 6): retention used to forget a source's high-water mark
+    /// after `retention_days` of silence, so a later replay of it was stored twice.
     #[test]
-    fn retention_deletes_old_day_files_and_forgets_old_sources() {
+    fn retention_deletes_old_day_files_but_never_forgets_a_source() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 2, at(20, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 2, 1000, at(20, 9)).unwrap();
         store
             .apply([&batch(&[record("old", 5, "a")])[..]], pos(1), at(20, 9))
             .unwrap();
@@ -618,29 +596,28 @@ pub(crate) mod tests {
         store.retain(at(23, 0)).unwrap();
         assert!(!tmp.path().join("ferry-2026-11-20.ndjson").exists());
         assert!(tmp.path().join("ferry-2026-11-22.ndjson").exists());
-        // "old" was forgotten, so its replay is stored again; "new" is still known.
-        let applied = store
-            .apply(
-                [&batch(&[record("old", 5, "a"), record("new", 5, "b")])[..]],
-                pos(3),
-                at(23, 1),
-            )
-            .unwrap();
-        assert_eq!((applied.stored, applied.duplicates), (1, 1));
-        // Retention also runs on open.
+        // "old" has been silent for three days, longer than retention: a replay of it is still
+        // recognised, as is one of "new".
+        let replay = batch(&[record("old", 5, "a"), record("new", 5, "b")]);
+        let applied = store.apply([&replay[..]], pos(3), at(23, 1)).unwrap();
+        assert_eq!((applied.stored, applied.duplicates), (0, 2));
+        // Retention also runs on open, and still forgets no source.
         drop(store);
-        let _store = LocalStore::open(tmp.path(), 2, at(30, 0)).unwrap();
-        let left: Vec<_> = fs::read_dir(tmp.path())
+        let mut store = LocalStore::open(tmp.path(), 2, 1000, at(30, 0)).unwrap();
+        let mut left: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, [STATE_FILE]);
+        left.sort();
+        assert_eq!(left, ["state.journal", "state.json"]);
+        let applied = store.apply([&replay[..]], pos(4), at(30, 1)).unwrap();
+        assert_eq!((applied.stored, applied.duplicates), (0, 2));
     }
 
     #[test]
     fn without_state_existing_files_are_adopted_with_their_marks() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         store
             .apply(
                 [&batch(&[record("s", 0, "a"), record("s", 10, "b")])[..]],
@@ -649,8 +626,8 @@ pub(crate) mod tests {
             )
             .unwrap();
         drop(store);
-        fs::remove_file(tmp.path().join(STATE_FILE)).unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        fs::remove_file(tmp.path().join("state.json")).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let applied = store
             .apply(
                 [&batch(&[record("s", 10, "b"), record("s", 20, "c")])[..]],
@@ -668,7 +645,7 @@ pub(crate) mod tests {
     #[test]
     fn undecodable_entries_are_skipped_and_counted() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut store = LocalStore::open(tmp.path(), 7, at(28, 9)).unwrap();
+        let mut store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         let good = batch(&[record("s", 0, "a")]);
         let applied = store
             .apply([&b"not a batch"[..], &good[..]], pos(9), at(28, 9))

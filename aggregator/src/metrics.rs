@@ -89,6 +89,10 @@ pub(crate) struct Metrics {
     pub(crate) queue_damaged_bytes: AtomicU64,
     pub(crate) sink_records: AtomicU64,
     pub(crate) sink_duplicates: AtomicU64,
+    /// Sources whose high-water marks the local store keeps.
+    pub(crate) store_sources: AtomicU64,
+    pub(crate) store_sources_retired: AtomicU64,
+    pub(crate) store_sources_evicted: AtomicU64,
     sink_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     sink_errors: [AtomicU64; SinkError::ALL.len()],
     /// Latest container stats from the agents (cAdvisor series).
@@ -231,6 +235,24 @@ impl Metrics {
             "ferry_sink_duplicates_total",
             "Log records the sink recognised as already stored and skipped.",
             &self.sink_duplicates,
+        );
+        gauge(
+            &mut out,
+            "ferry_store_sources",
+            "Sources (log file fingerprints) whose high-water marks the local store keeps for de-duplication.",
+            &self.store_sources,
+        );
+        counter(
+            &mut out,
+            "ferry_store_sources_retired_total",
+            "Sources the local store forgot because their agent retired them.",
+            &self.store_sources_retired,
+        );
+        counter(
+            &mut out,
+            "ferry_store_sources_evicted_total",
+            "Sources the local store forgot because it knew more than sink.max_sources; a replay of one would be stored again.",
+            &self.store_sources_evicted,
         );
         self.sink_duration.render(
             &mut out,

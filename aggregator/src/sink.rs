@@ -49,6 +49,11 @@ pub(crate) fn run(
     }
     let _alive = ClearOnExit(alive);
     info!("Sink started");
+    if let Sink::Local(store) = &sink {
+        metrics
+            .store_sources
+            .store(store.sources() as u64, Ordering::Relaxed);
+    }
     while let Some(group) = next_group(&mut reader, &queue, &metrics) {
         let started = Instant::now();
         let position = reader.position();
@@ -77,6 +82,17 @@ pub(crate) fn run(
                         .fetch_add(applied.duplicates, Ordering::Relaxed);
                     for _ in 0..applied.undecodable {
                         metrics.sink_error(SinkError::Decode);
+                    }
+                    metrics
+                        .store_sources_retired
+                        .fetch_add(applied.retired, Ordering::Relaxed);
+                    metrics
+                        .store_sources_evicted
+                        .fetch_add(applied.evicted, Ordering::Relaxed);
+                    if let Sink::Local(store) = &sink {
+                        metrics
+                            .store_sources
+                            .store(store.sources() as u64, Ordering::Relaxed);
                     }
                     break;
                 }
@@ -172,7 +188,7 @@ mod tests {
 
     fn setup(dir: &std::path::Path) -> (LocalStore, Queue, QueueReader, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let store = LocalStore::open(&dir.join("store"), 7, Utc::now()).unwrap();
+        let store = LocalStore::open(&dir.join("store"), 7, 1000, Utc::now()).unwrap();
         let (queue, start) = Queue::open(
             &dir.join("queue"),
             1 << 20,
@@ -210,6 +226,7 @@ mod tests {
         assert!(metrics
             .render()
             .contains("ferry_sink_duration_seconds_count 2\n"));
+        assert!(metrics.render().contains("ferry_store_sources 1\n"));
         drop(queue);
 
         // The commit is durable: a reopened store and queue have nothing left to do.
@@ -226,7 +243,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
         let store_dir = tmp.path().join("store");
-        let store = LocalStore::open(&store_dir, 7, Utc::now()).unwrap();
+        let store = LocalStore::open(&store_dir, 7, 1000, Utc::now()).unwrap();
         let entries: Vec<Vec<u8>> = (0..6)
             .map(|offset| batch(&[record("s", offset, "m")]))
             .collect();

@@ -360,12 +360,10 @@ async fn health_is_ok_until_the_sink_stops() {
     handle.shutdown().await;
 }
 
-/// Blocks the local store's commits (a directory where the state's temp file goes), so
-/// entries stay queued; returns the path to remove to unblock it.
-fn block_store_commits(dir: &Path) -> std::path::PathBuf {
-    let blocker = dir.join("store").join("state.json.tmp");
-    std::fs::create_dir_all(&blocker).unwrap();
-    blocker
+/// Blocks the local store's commits (its journal writes fail, after a group's lines were
+/// written), so entries stay queued until the guard is dropped.
+fn block_store_commits(dir: &Path) -> crate::local::faults::Blocked {
+    crate::local::faults::block_commits(&dir.join("store"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +418,7 @@ async fn full_queue_answers_503_with_retry_after_and_appends_nothing() {
         .contains("ferry_ingest_errors_total{error_type=\"queue_full\"} 1\n"));
 
     // Once the store takes writes again the queue drains and the retry is accepted.
-    std::fs::remove_dir(&blocker).unwrap();
+    drop(blocker);
     wait_for("queue drained", || handle.status().queue_bytes == 0).await;
     assert_eq!(post(&handle, &auth_gzip(), &next).await.status, 200);
     wait_for("all stored", || handle.status().records_stored == total).await;
@@ -451,7 +449,7 @@ async fn lines_written_but_not_committed_are_applied_once_after_restart() {
     // wait until the day file holds uncommitted lines.
     wait_for("uncommitted lines on disk", || stored(tmp.path()).len() > 2).await;
     handle.shutdown_within(Duration::from_millis(100)).await;
-    std::fs::remove_dir(&blocker).unwrap();
+    drop(blocker);
     assert!(
         stored(tmp.path()).len() > 2,
         "the crash left uncommitted lines"
