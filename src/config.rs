@@ -1,32 +1,44 @@
 //! The `ferry` configuration file: one TOML file with an `[agent]` and/or an `[aggregator]` table.
 //!
 //! Each table is owned and validated by its crate; this module only reads the file, reports every
-//! problem with its location (`ferry check`), and hands the tables out.
+//! problem with its location (`ferry check`, both tables), and hands each command its own table:
+//! `ferry agent` reads and checks only `[agent]`, `ferry aggregator` only `[aggregator]`, so a
+//! mistake in one table never stops the other command.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use ferry_agent::AgentConfig;
 use ferry_aggregator::AggregatorConfig;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-/// The whole file.
-#[derive(Debug, Default, Deserialize)]
+/// The tables a configuration file may hold (their contents are read by [`AgentFile`] and
+/// [`AggregatorFile`]); anything else at the top level is refused by `ferry check`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FerryConfig {
+struct Tables {
     /// Settings of `ferry agent`.
-    pub agent: Option<AgentConfig>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    agent: Option<IgnoredAny>,
     /// Settings of `ferry aggregator`.
-    pub aggregator: Option<AggregatorConfig>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    aggregator: Option<IgnoredAny>,
 }
 
-/// Reads and validates `path`; every problem is reported in one error, each naming the file.
-pub fn load(path: &Path) -> anyhow::Result<FerryConfig> {
-    let problems = check(path);
-    if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
-    }
-    parse(path).map_err(|p| anyhow::anyhow!(p))
+/// The file as `ferry agent` reads it: its own table only; the rest of the file is not parsed
+/// (a problem there is for `ferry check` and the command that owns it).
+#[derive(Debug, Deserialize)]
+struct AgentFile {
+    agent: Option<AgentConfig>,
+}
+
+/// The file as `ferry aggregator` reads it: its own table only.
+#[derive(Debug, Deserialize)]
+struct AggregatorFile {
+    aggregator: Option<AggregatorConfig>,
 }
 
 /// Every problem in `path`, which may be a configuration file, a rule file (one with `[[rule]]`
@@ -47,31 +59,43 @@ pub fn check_any(path: &Path) -> Vec<String> {
     }
 }
 
-/// Every problem in the configuration file at `path`, each as one line starting with the file name.
+/// Every problem in the configuration file at `path`, in both tables, each as one line starting
+/// with the file name.
 pub fn check(path: &Path) -> Vec<String> {
-    let config = match parse(path) {
-        Ok(c) => c,
+    let text = match read(path) {
+        Ok(text) => text,
         Err(problem) => return vec![problem],
     };
+    // A syntax error concerns the whole file: nothing else can be read.
+    let table = match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => table,
+        Err(e) => return vec![located(path, &e)],
+    };
     let mut problems = Vec::new();
-    if let Some(agent) = &config.agent {
-        if let Err(e) = agent.validate() {
-            problems.push(format!("{}: [agent] {e}", path.display()));
-        }
-        if let Err(errors) = ferry_parsers::RuleSet::load(&agent.rules_dirs, true) {
-            problems.extend(
-                errors
-                    .iter()
-                    .map(|e| format!("{}: [agent] rules_dirs: {e}", path.display())),
-            );
-        }
+    if let Err(e) = toml::from_str::<Tables>(&text) {
+        problems.push(located(path, &e));
     }
-    if let Some(aggregator) = &config.aggregator {
-        if let Err(e) = aggregator.validate() {
-            problems.push(format!("{}: [aggregator] {e}", path.display()));
+    let agent = match toml::from_str::<AgentFile>(&text) {
+        Ok(file) => file.agent,
+        Err(e) => {
+            problems.push(located(path, &e));
+            None
         }
+    };
+    if let Some(agent) = &agent {
+        problems.extend(check_agent(path, agent));
     }
-    if config.agent.is_none() && config.aggregator.is_none() {
+    let aggregator = match toml::from_str::<AggregatorFile>(&text) {
+        Ok(file) => file.aggregator,
+        Err(e) => {
+            problems.push(located(path, &e));
+            None
+        }
+    };
+    if let Some(aggregator) = &aggregator {
+        problems.extend(check_aggregator(path, aggregator));
+    }
+    if !table.contains_key("agent") && !table.contains_key("aggregator") {
         problems.push(format!(
             "{}: neither an [agent] nor an [aggregator] table: nothing to run",
             path.display()
@@ -80,10 +104,38 @@ pub fn check(path: &Path) -> Vec<String> {
     problems
 }
 
-fn parse(path: &Path) -> Result<FerryConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the configuration: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), one_line(&e)))
+/// The problems of an `[agent]` table (its values and the rules it names).
+fn check_agent(path: &Path, agent: &AgentConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = agent.validate() {
+        problems.push(format!("{}: [agent] {e}", path.display()));
+    }
+    if let Err(errors) = ferry_parsers::RuleSet::load(&agent.rules_dirs, true) {
+        problems.extend(
+            errors
+                .iter()
+                .map(|e| format!("{}: [agent] rules_dirs: {e}", path.display())),
+        );
+    }
+    problems
+}
+
+/// The problems of an `[aggregator]` table.
+fn check_aggregator(path: &Path, aggregator: &AggregatorConfig) -> Vec<String> {
+    aggregator
+        .problems()
+        .iter()
+        .map(|e| format!("{}: [aggregator] {e}", path.display()))
+        .collect()
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the configuration: {e}", path.display()))
+}
+
+fn located(path: &Path, e: &toml::de::Error) -> String {
+    format!("{}: {}", path.display(), one_line(e))
 }
 
 /// toml's errors render a multi-line snippet; keep the location and the message on one line
@@ -96,22 +148,127 @@ fn one_line(e: &toml::de::Error) -> String {
     }
 }
 
-/// The `[agent]` table of `path`, or the defaults when no file is given.
-pub fn agent(path: Option<&PathBuf>) -> anyhow::Result<AgentConfig> {
-    match path {
-        None => Ok(AgentConfig::default()),
-        Some(p) => load(p)?
-            .agent
-            .with_context(|| format!("{}: no [agent] table", p.display())),
+/// Fails with every problem, one per line.
+fn refuse(problems: Vec<String>) -> anyhow::Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", problems.join("\n"))
     }
 }
 
-/// The `[aggregator]` table of `path`, or the defaults when no file is given.
+/// The `[agent]` table of `path`, or the defaults when no file is given. Only that table is read
+/// and checked: an `[aggregator]` table in the same file is the aggregator's business.
+pub fn agent(path: Option<&PathBuf>) -> anyhow::Result<AgentConfig> {
+    let Some(path) = path else {
+        return Ok(AgentConfig::default());
+    };
+    let text = read(path).map_err(|p| anyhow::anyhow!(p))?;
+    let agent = toml::from_str::<AgentFile>(&text)
+        .map_err(|e| anyhow::anyhow!(located(path, &e)))?
+        .agent
+        .with_context(|| format!("{}: no [agent] table", path.display()))?;
+    refuse(check_agent(path, &agent))?;
+    Ok(agent)
+}
+
+/// The `[aggregator]` table of `path`, or the defaults when no file is given. Only that table is
+/// read and checked: an `[agent]` table in the same file is the agent's business.
 pub fn aggregator(path: Option<&PathBuf>) -> anyhow::Result<AggregatorConfig> {
-    match path {
-        None => Ok(AggregatorConfig::default()),
-        Some(p) => load(p)?
-            .aggregator
-            .with_context(|| format!("{}: no [aggregator] table", p.display())),
+    let Some(path) = path else {
+        return Ok(AggregatorConfig::default());
+    };
+    let text = read(path).map_err(|p| anyhow::anyhow!(p))?;
+    let aggregator = toml::from_str::<AggregatorFile>(&text)
+        .map_err(|e| anyhow::anyhow!(located(path, &e)))?
+        .aggregator
+        .with_context(|| format!("{}: no [aggregator] table", path.display()))?;
+    refuse(check_aggregator(path, &aggregator))?;
+    Ok(aggregator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGGREGATOR: &str =
+        "[aggregator]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"/tmp/ferry-test\"\n";
+    const AGENT: &str =
+        "[agent]\nhost_name = \"node-1\"\naggregator_url = \"http://127.0.0.1:7480\"\n";
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    /// Regression (review of issue 10): `ferry aggregator --config` refused to start over
+    /// errors in the `[agent]` table of the same file.
+    #[test]
+    fn each_command_reads_and_checks_only_its_own_table() {
+        for broken_agent in [
+            "[agent]\nmax_line_bytes = \"big\"\n",
+            "[agent]\naggregator_url = \"not a url\"\n",
+            "[agent]\ncolour = \"blue\"\n",
+        ] {
+            let (_dir, path) = file(&format!("{AGGREGATOR}{broken_agent}"));
+            let aggregator = aggregator(Some(&path)).unwrap();
+            assert_eq!(aggregator.listen.to_string(), "127.0.0.1:0");
+            let err = agent(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("ferry.toml"), "{err}");
+        }
+        for broken_aggregator in [
+            "[aggregator]\nlisten = \"not an address\"\n",
+            "[aggregator]\nretry_after_seconds = 0\n",
+            "[aggregator]\nlisten_addr = \"0.0.0.0:1\"\n",
+        ] {
+            let (_dir, path) = file(&format!("{AGENT}{broken_aggregator}"));
+            let agent = agent(Some(&path)).unwrap();
+            assert_eq!(agent.host_name, "node-1");
+            let err = aggregator(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("ferry.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_command_refuses_every_problem_of_its_own_table_naming_the_field() {
+        let (_dir, path) = file(&format!(
+            "{AGENT}[aggregator]\nretry_after_seconds = 0\nqueue_segment_bytes = 0\n"
+        ));
+        let err = aggregator(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("retry_after_seconds"), "{err}");
+        assert!(err.contains("queue_segment_bytes"), "{err}");
+        let (_dir, path) = file(AGENT);
+        let err = aggregator(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("no [aggregator] table"), "{err}");
+    }
+
+    #[test]
+    fn check_reports_the_problems_of_both_tables_at_once() {
+        let (_dir, path) = file(
+            "[agent]\nmax_line_bytes = \"big\"\n[aggregator]\nretry_after_seconds = 0\n[aggregater]\nlisten = \"x\"\n",
+        );
+        let problems = check(&path);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.starts_with(path.to_str().unwrap())));
+        assert!(
+            problems.iter().any(|p| p.contains("aggregater")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("max_line_bytes")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("retry_after_seconds")),
+            "{problems:#?}"
+        );
+        let (_dir, path) = file("[agent\n");
+        assert_eq!(check(&path).len(), 1, "a syntax error is the one problem");
+        let (_dir, path) = file(&format!("{AGENT}{AGGREGATOR}"));
+        assert_eq!(check(&path), Vec::<String>::new());
     }
 }

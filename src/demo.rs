@@ -179,7 +179,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("ferry demo: stopping");
     stop_generator.store(true, Ordering::Relaxed);
     if let Some(t) = generator_thread {
-        let _ = t.join();
+        // Joining blocks: not on an async worker.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     agent.shutdown().await;
     let last = aggregator.shutdown().await;

@@ -4,12 +4,13 @@
 mod config;
 mod demo;
 mod generator;
+mod parse;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -62,7 +63,7 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run a parsing rule over sample lines and print one JSON object per event.
+    /// Run a parsing rule over sample lines and print one JSON object per event, nested as the store holds it.
     Parse {
         /// Rule name (or several, comma-separated, as in the `ferry.parser` label).
         #[arg(long)]
@@ -80,7 +81,8 @@ struct SearchArgs {
     /// The aggregator's data directory (the store is its `store/` folder).
     #[arg(long, default_value = "/var/lib/ferry/aggregator")]
     data_dir: PathBuf,
-    /// Start of the time range: RFC 3339 (`2026-11-28T08:00:00Z`) or a duration ago (`15m`, `2h`, `1d`).
+    /// Start of the time range: RFC 3339 (`2026-11-28T08:00:00Z`) or a duration before now with
+    /// its unit (`30s`, `10m`, `2h`, `7d`; at most 36525d). A bare number is refused.
     #[arg(long)]
     since: Option<String>,
     /// End of the time range, same forms as --since.
@@ -190,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {lines} lines to {}", out.display());
         }
-        Command::Parse { rule, rules, file } => return parse(&rule, &rules, file.as_deref()),
+        Command::Parse { rule, rules, file } => return parse::run(&rule, &rules, file.as_deref()),
         Command::Check { files } => {
             let mut bad = 0;
             for file in &files {
@@ -238,36 +240,6 @@ async fn shutdown_signal() {
     tracing::info!("Shutting down");
 }
 
-fn parse(
-    rule: &str,
-    rules: &[PathBuf],
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let set = ferry_parsers::RuleSet::load(rules, true).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!("the rules do not load:\n{}", lines.join("\n"))
-    })?;
-    let stdout = std::io::stdout();
-    let out = std::io::BufWriter::new(stdout.lock());
-    let summary = match file {
-        Some(path) => {
-            let input = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            ferry_parsers::parse_lines(&set, rule, std::io::BufReader::new(input), out, None)?
-        }
-        None => ferry_parsers::parse_lines(&set, rule, std::io::stdin().lock(), out, None)?,
-    };
-    eprintln!(
-        "{} lines, {} events, {} not matched by `{rule}`",
-        summary.lines, summary.events, summary.missed
-    );
-    Ok(if summary.missed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
 fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let regex = args
         .regex
@@ -275,19 +247,16 @@ fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         .map(regex::Regex::new)
         .transpose()
         .context("--regex is not a valid regular expression")?;
+    let now = Utc::now();
+    let bound = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| ferry_aggregator::parse_time_bound(v, now))
+            .transpose()
+    };
     let query = ferry_aggregator::SearchQuery {
-        since: args
-            .since
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .context("--since")?,
-        until: args
-            .until
-            .as_deref()
-            .map(parse_time)
-            .transpose()
-            .context("--until")?,
+        since: bound(&args.since).context("--since")?,
+        until: bound(&args.until).context("--until")?,
         container: args.container,
         namespace: args.namespace,
         pod: args.pod,
@@ -305,42 +274,4 @@ fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     eprintln!("{found} matching records");
     Ok(ExitCode::SUCCESS)
-}
-
-/// RFC 3339, or a duration before now such as `30s`, `15m`, `2h`, `7d`.
-fn parse_time(value: &str) -> anyhow::Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let (number, unit) = value.split_at(
-        value
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(value.len()),
-    );
-    let n: i64 = number
-        .parse()
-        .with_context(|| format!("{value:?} is neither RFC 3339 nor a duration like 15m"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" | "" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        other => anyhow::bail!("{value:?}: unknown unit {other:?} (use s, m, h or d)"),
-    };
-    Ok(Utc::now() - chrono::Duration::seconds(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_relative_and_absolute_times() {
-        let t = parse_time("2026-11-28T08:00:00Z").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-11-28T08:00:00+00:00");
-        let ago = Utc::now() - parse_time("15m").unwrap();
-        assert!((ago.num_seconds() - 900).abs() <= 2);
-        assert!(parse_time("15y").is_err());
-        assert!(parse_time("soon").is_err());
-    }
 }

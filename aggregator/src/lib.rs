@@ -33,7 +33,7 @@ use tracing::{info, warn};
 pub use config::{AggregatorConfig, ConfigError, SinkConfig};
 pub use local::StoreError;
 pub use queue::QueueError;
-pub use search::{search, SearchError, SearchQuery};
+pub use search::{parse_time_bound, search, SearchError, SearchQuery, TimeBoundError};
 
 use metrics::Metrics;
 use queue::{Position, Queue};

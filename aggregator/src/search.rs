@@ -5,7 +5,11 @@
 //! named by ingest day, which is at or after the event day except for clock skew, so a file is
 //! skipped only when its day is more than one day before `since`; files after `until` are still
 //! read, because a record ingested late (an agent catching up on a backlog) lands in a later day
-//! file than its timestamp. Search only reads; it never touches `state.json` or the queue.
+//! file than its timestamp. Search only reads; it never touches the store's state or the queue.
+//!
+//! A time bound is an RFC 3339 time (`2026-11-28T08:00:00Z`) or a duration before now with its
+//! unit (`30s`, `10m`, `2h`, `7d`): [`parse_time_bound`]. A number without a unit is refused
+//! rather than guessed.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -41,6 +45,62 @@ pub struct SearchQuery {
     pub regex: Option<regex::Regex>,
     /// Stop after this many matches.
     pub limit: Option<usize>,
+}
+
+/// Why a `--since`/`--until` value is not a time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeBoundError {
+    #[error("{0:?} has no unit: write {0}s, {0}m, {0}h or {0}d (seconds, minutes, hours, days before now), or an RFC 3339 time such as 2026-11-28T08:00:00Z")]
+    NoUnit(String),
+    #[error("{value:?}: unknown unit {unit:?}; use s, m, h or d (seconds, minutes, hours, days before now)")]
+    UnknownUnit { value: String, unit: String },
+    #[error("{value:?} is out of range: at most {max} before now")]
+    OutOfRange { value: String, max: String },
+    #[error("{0:?} is neither an RFC 3339 time (2026-11-28T08:00:00Z) nor a duration before now (30s, 10m, 2h, 7d)")]
+    Unreadable(String),
+}
+
+/// The longest duration before now a time bound may name: 100 years, far past any store's
+/// retention and far inside what the time arithmetic can represent.
+const MAX_AGO_DAYS: u64 = 36_525;
+
+/// Reads a time bound relative to `now`: an RFC 3339 time, or a whole number followed by one of
+/// `s`, `m`, `h`, `d` meaning that long before `now` (at most [`MAX_AGO_DAYS`] days).
+pub fn parse_time_bound(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeBoundError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = value.split_at(digits);
+    if number.is_empty() {
+        return Err(TimeBoundError::Unreadable(value.to_string()));
+    }
+    let seconds_per_unit: u64 = match unit {
+        "" => return Err(TimeBoundError::NoUnit(value.to_string())),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other if other.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            return Err(TimeBoundError::UnknownUnit {
+                value: value.to_string(),
+                unit: other.to_string(),
+            })
+        }
+        _ => return Err(TimeBoundError::Unreadable(value.to_string())),
+    };
+    let out_of_range = || TimeBoundError::OutOfRange {
+        value: value.to_string(),
+        max: format!("{MAX_AGO_DAYS}d"),
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per_unit))
+        .filter(|&s| s <= MAX_AGO_DAYS * 86_400)
+        .ok_or_else(out_of_range)?;
+    let ago = chrono::TimeDelta::try_seconds(seconds as i64).ok_or_else(out_of_range)?;
+    now.checked_sub_signed(ago).ok_or_else(out_of_range)
 }
 
 /// Why a search failed.
@@ -548,6 +608,66 @@ mod tests {
         assert_eq!(lines[0]["message"], "GET /index 500");
         assert_eq!(lines[0]["event"]["ingested"], "2026-11-29T00:00:00.000Z");
         assert_eq!(lines[1]["message"], "GET /health 200");
+    }
+
+    #[test]
+    fn time_bounds_are_rfc3339_or_a_duration_with_its_unit() {
+        let now = utc(28, 12, 0);
+        assert_eq!(
+            parse_time_bound("2026-11-28T08:00:00Z", now).unwrap(),
+            utc(28, 8, 0)
+        );
+        assert_eq!(
+            parse_time_bound("2026-11-28T09:00:00+01:00", now).unwrap(),
+            utc(28, 8, 0)
+        );
+        for (value, ago) in [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 7 * 86_400)] {
+            assert_eq!(
+                parse_time_bound(value, now).unwrap(),
+                now - chrono::TimeDelta::seconds(ago),
+                "{value}"
+            );
+        }
+        assert_eq!(parse_time_bound("0s", now).unwrap(), now);
+        assert_eq!(
+            parse_time_bound("36525d", now).unwrap(),
+            now - chrono::TimeDelta::days(36_525)
+        );
+    }
+
+    /// Regression (review of issue 10): `--since 30` silently meant 30 minutes, and very large
+    /// values overflowed.
+    #[test]
+    fn a_time_bound_without_a_unit_or_out_of_range_is_refused_naming_the_value() {
+        let now = utc(28, 12, 0);
+        let err = parse_time_bound("30", now).unwrap_err();
+        assert_eq!(err, TimeBoundError::NoUnit("30".into()));
+        assert!(err.to_string().contains("30m"), "{err}");
+        for value in [
+            "36526d",
+            "100000000000000d",
+            "9223372036854775807s",
+            "18446744073709551616h",
+            "99999999999999999999999999m",
+        ] {
+            let err = parse_time_bound(value, now).unwrap_err();
+            assert!(
+                matches!(err, TimeBoundError::OutOfRange { .. }),
+                "{value}: {err}"
+            );
+            assert!(err.to_string().contains(value), "{err}");
+        }
+        assert!(matches!(
+            parse_time_bound("15y", now).unwrap_err(),
+            TimeBoundError::UnknownUnit { unit, .. } if unit == "y"
+        ));
+        for value in ["soon", "", "-5m", "2026-11-28", "m10", "10 m", "1.5h"] {
+            assert_eq!(
+                parse_time_bound(value, now).unwrap_err(),
+                TimeBoundError::Unreadable(value.into()),
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -203,3 +203,44 @@ fn a_config_with_an_unknown_key_is_refused_with_its_location() {
     assert_eq!(check.status.code(), Some(1), "{text}");
     assert!(text.contains("listen"), "{text}");
 }
+
+/// `--since 30` used to mean 30 minutes without saying so; a number without a unit, or a
+/// duration out of range, is refused naming the value and the forms that work.
+#[test]
+fn search_refuses_a_time_bound_without_a_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("store")).unwrap();
+    let search = |flag: &str, value: &str| {
+        std::process::Command::new(FERRY)
+            .args([
+                "search",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap()
+    };
+    for (flag, value, says) in [
+        ("--since", "30", "30m"),
+        ("--until", "5", "5s"),
+        ("--since", "100000000000000d", "out of range"),
+        ("--since", "yesterday", "RFC 3339"),
+    ] {
+        let out = search(flag, value);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {text}");
+        assert!(
+            text.contains(flag) && text.contains(value) && text.contains(says),
+            "{text}"
+        );
+    }
+    let out = search("--since", "30m");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -71,9 +71,10 @@ fn parse_runs_a_rule_over_sample_lines() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0]["order.id"], 42);
+    // Nested as the store holds them.
+    assert_eq!(events[0]["order"]["id"], 42);
     assert_eq!(events[0]["message"], "paid by card");
-    assert!(events[1]["parse.error"].is_string(), "{}", events[1]);
+    assert!(events[1]["parse"]["error"].is_string(), "{}", events[1]);
     assert_eq!(
         out.status.code(),
         Some(1),
