@@ -68,7 +68,8 @@ pub enum SinkConfig {
         /// Most sources (log file fingerprints) whose high-water marks the store keeps for
         /// de-duplication. A source is forgotten when its agent retires it; past this count the
         /// least recently stored tenth are forgotten too (`ferry_store_sources_evicted_total`),
-        /// and a replay of one of those would be stored again. About 100 bytes of memory each.
+        /// and a replay of one of those would be stored again. About 140 bytes of memory each
+        /// (measured with 32-character fingerprints: 250000 sources take 33 MiB).
         /// Default 250000.
         #[serde(default = "default_max_sources")]
         max_sources: usize,

@@ -188,6 +188,12 @@ fn open_storage(
     Ok((sink, queue, start))
 }
 
+/// The local store without the server, for `benches/store_commit.rs` only: not an interface.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::local::bench::Store;
+}
+
 /// Where the local sink keeps its day files (`<data_dir>/store`), for `ferry search`.
 pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("store")

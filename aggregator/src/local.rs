@@ -379,6 +379,34 @@ fn adopt_orphans(dir: &Path) -> Result<State, StoreError> {
     Ok(state)
 }
 
+/// What `benches/store_commit.rs` drives (see [`crate::bench_support`]).
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// A local store.
+    #[derive(Debug)]
+    pub struct Store(LocalStore);
+
+    impl Store {
+        /// Opens the store in `dir` (30 days of retention).
+        pub fn open(dir: &Path, max_sources: usize) -> Result<Store, StoreError> {
+            LocalStore::open(dir, 30, max_sources, Utc::now()).map(Store)
+        }
+
+        /// Applies and commits one decompressed batch at queue position `offset`.
+        pub fn apply(&mut self, batch: &[u8], offset: u64) -> Result<(), StoreError> {
+            let position = Position { segment: 1, offset };
+            self.0.apply([batch], position, Utc::now()).map(drop)
+        }
+
+        /// Sources the store keeps marks for.
+        pub fn sources(&self) -> usize {
+            self.0.sources()
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -640,6 +668,11 @@ pub(crate) mod tests {
             offsets(&tmp.path().join("ferry-2026-11-28.ndjson")),
             [0, 10, 20]
         );
+        // The journal of the lost state is not read on top of the rebuilt one.
+        drop(store);
+        let store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
+        assert_eq!(store.queue_position(), pos(2));
+        assert_eq!(store.state.committed().sources["s"].offset, 20);
     }
 
     #[test]

@@ -409,6 +409,9 @@ impl StateFiles {
             _ => {}
         }
         let journal = open_journal(&journal_path)?;
+        // Emptied before the snapshot exists, so its records can never be read on top of it.
+        journal.set_len(0).map_err(io_err(&journal_path))?;
+        journal.sync_all().map_err(io_err(&journal_path))?;
         let mut files = StateFiles {
             dir: dir.to_path_buf(),
             committed: state,
