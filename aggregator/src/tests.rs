@@ -466,6 +466,56 @@ async fn lines_written_but_not_committed_are_applied_once_after_restart() {
     );
 }
 
+/// Damage in the middle of the newest queue segment, found when the aggregator starts again:
+/// the acknowledged entries after it are kept and stored, and the damage is reported and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_queue_entry_costs_only_itself_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let handle = start(config(tmp.path())).await.unwrap();
+    let blocker = block_store_commits(tmp.path());
+    for offset in 0..4 {
+        let body = gzip_batch(&[record("s", offset, "m")]);
+        assert_eq!(post(&handle, &auth_gzip(), &body).await.status, 200);
+    }
+    handle.shutdown_within(Duration::from_millis(100)).await;
+    drop(blocker);
+    // All four entries are in segment 1: damage the second one's payload.
+    let segment = tmp.path().join("queue").join(format!("{:020}.seg", 1));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let entry_len =
+        |at: usize| 16 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    let second = entry_len(0);
+    let second_len = entry_len(second);
+    bytes[second + 16 + 5] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let handle = start(config(tmp.path())).await.unwrap();
+    wait_for("the intact entries stored", || {
+        handle.status().records_stored == 3
+    })
+    .await;
+    wait_for("drained", || handle.status().queue_bytes == 0).await;
+    let metrics = handle.render_metrics();
+    assert!(
+        metrics.contains("ferry_sink_errors_total{error_type=\"corrupt\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("ferry_queue_damaged_bytes_total {second_len}\n")),
+        "{metrics}"
+    );
+    handle.shutdown().await;
+    assert_eq!(
+        stored_offsets(tmp.path()),
+        [("s", 0), ("s", 2), ("s", 3)].map(|(f, o)| (f.to_string(), o))
+    );
+    let kept: Vec<_> = std::fs::read_dir(tmp.path().join("queue").join("damaged"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept, [bytes[second..second + second_len].to_vec()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_sink_counts_and_drops() {
     let tmp = tempfile::tempdir().unwrap();
