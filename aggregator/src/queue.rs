@@ -112,6 +112,9 @@ struct Inner {
     max_bytes: u64,
     metrics: Arc<Metrics>,
     writer: Mutex<Writer>,
+    /// Set when a write or fsync failed: the queue refuses appends from then on. Apart from the
+    /// writer's lock, so `/health` never waits behind an append or a segment's fsync.
+    failed: Mutex<Option<String>>,
     /// Held while an fsync runs; the appenders behind it find their entry already synced.
     sync_lock: Mutex<()>,
     shared: Mutex<Shared>,
@@ -125,7 +128,6 @@ struct Writer {
     file: Arc<File>,
     /// End of the last entry written (not necessarily synced).
     end: u64,
-    failed: Option<String>,
 }
 
 #[derive(Debug)]
@@ -286,8 +288,8 @@ impl Queue {
                     segment: last,
                     file: Arc::new(last_file),
                     end,
-                    failed: None,
                 }),
+                failed: Mutex::new(None),
                 sync_lock: Mutex::new(()),
                 shared: Mutex::new(Shared {
                     durable,
@@ -328,8 +330,8 @@ impl Queue {
         let records = payload_records(&payload[..payload.len().min(4096)]);
         let my_end = {
             let mut w = self.writer();
-            if let Some(reason) = &w.failed {
-                return Err(QueueError::Failed(reason.clone()));
+            if let Some(reason) = self.failure() {
+                return Err(QueueError::Failed(reason));
             }
             {
                 let shared = self.shared();
@@ -353,7 +355,7 @@ impl Queue {
                 // Cut what was half-written so the segment stays a clean sequence of entries.
                 if let Err(e) = w.file.set_len(w.end) {
                     let reason = format!("{}: cannot cut a failed write: {e}", path.display());
-                    w.failed = Some(reason);
+                    self.fail(reason);
                 }
                 return Err(QueueError::Io { path, source });
             }
@@ -382,8 +384,8 @@ impl Queue {
         }
         let (file, upto) = {
             let w = self.writer();
-            if let Some(reason) = &w.failed {
-                return Err(QueueError::Failed(reason.clone()));
+            if let Some(reason) = self.failure() {
+                return Err(QueueError::Failed(reason));
             }
             (
                 Arc::clone(&w.file),
@@ -398,7 +400,7 @@ impl Queue {
             // the file rather than acknowledge data that may not be there.
             let path = segment_path(&self.inner.dir, upto.segment);
             let reason = format!("{}: fsync failed: {source}", path.display());
-            self.writer().failed = Some(reason);
+            self.fail(reason);
             return Err(QueueError::Io { path, source });
         }
         let mut shared = self.shared();
@@ -413,7 +415,7 @@ impl Queue {
     fn roll(&self, w: &mut Writer) -> Result<(), QueueError> {
         let old = segment_path(&self.inner.dir, w.segment);
         w.file.sync_data().map_err(|source| {
-            w.failed = Some(format!("{}: fsync failed: {source}", old.display()));
+            self.fail(format!("{}: fsync failed: {source}", old.display()));
             QueueError::Io {
                 path: old.clone(),
                 source,
@@ -509,9 +511,22 @@ impl Queue {
         }
     }
 
-    /// Whether an earlier write or fsync failure made the queue refuse appends.
+    /// Whether an earlier write or fsync failure made the queue refuse appends. Never waits for
+    /// an append or an fsync in progress.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.writer().failed.clone()
+        self.inner
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        *self
+            .inner
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
     }
 
     /// A reader starting at `position` (as returned by [`Queue::open`]).
@@ -1077,6 +1092,26 @@ mod tests {
             got, want,
             "every appended entry is read once, then the reader stops"
         );
+    }
+
+    /// Regression (review of issue 10): `failure()`, which `/health` calls on an async worker,
+    /// took the writer's lock, held across an append's write and a segment roll's fsync.
+    #[test]
+    fn failure_never_waits_for_the_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (q, _) = open(
+            &tmp.path().join("queue"),
+            1 << 20,
+            1 << 20,
+            Position::default(),
+        );
+        let busy = q.writer();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = q.clone();
+        std::thread::spawn(move || tx.send(probe.failure()).unwrap());
+        let answer = rx.recv_timeout(Duration::from_secs(10));
+        drop(busy);
+        assert_eq!(answer, Ok(None), "failure() waited for the writer's lock");
     }
 
     #[test]
