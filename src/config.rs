@@ -160,31 +160,42 @@ fn refuse(problems: Vec<String>) -> anyhow::Result<()> {
 /// The `[agent]` table of `path`, or the defaults when no file is given. Only that table is read
 /// and checked: an `[aggregator]` table in the same file is the aggregator's business.
 pub fn agent(path: Option<&PathBuf>) -> anyhow::Result<AgentConfig> {
-    let Some(path) = path else {
-        return Ok(AgentConfig::default());
-    };
-    let text = read(path).map_err(|p| anyhow::anyhow!(p))?;
-    let agent = toml::from_str::<AgentFile>(&text)
-        .map_err(|e| anyhow::anyhow!(located(path, &e)))?
-        .agent
-        .with_context(|| format!("{}: no [agent] table", path.display()))?;
-    refuse(check_agent(path, &agent))?;
-    Ok(agent)
+    own_table(
+        path,
+        "agent",
+        |text| toml::from_str::<AgentFile>(text).map(|f| f.agent),
+        check_agent,
+    )
 }
 
 /// The `[aggregator]` table of `path`, or the defaults when no file is given. Only that table is
 /// read and checked: an `[agent]` table in the same file is the agent's business.
 pub fn aggregator(path: Option<&PathBuf>) -> anyhow::Result<AggregatorConfig> {
+    own_table(
+        path,
+        "aggregator",
+        |text| toml::from_str::<AggregatorFile>(text).map(|f| f.aggregator),
+        check_aggregator,
+    )
+}
+
+/// The `[name]` table of `path` as `parse` reads it, refused on any problem `check` finds; the
+/// defaults without a file.
+fn own_table<T: Default>(
+    path: Option<&PathBuf>,
+    name: &str,
+    parse: fn(&str) -> Result<Option<T>, toml::de::Error>,
+    check: fn(&Path, &T) -> Vec<String>,
+) -> anyhow::Result<T> {
     let Some(path) = path else {
-        return Ok(AggregatorConfig::default());
+        return Ok(T::default());
     };
     let text = read(path).map_err(|p| anyhow::anyhow!(p))?;
-    let aggregator = toml::from_str::<AggregatorFile>(&text)
+    let table = parse(&text)
         .map_err(|e| anyhow::anyhow!(located(path, &e)))?
-        .aggregator
-        .with_context(|| format!("{}: no [aggregator] table", path.display()))?;
-    refuse(check_aggregator(path, &aggregator))?;
-    Ok(aggregator)
+        .with_context(|| format!("{}: no [{name}] table", path.display()))?;
+    refuse(check(path, &table))?;
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -901,7 +901,7 @@ mod tests {
     }
 
     /// Drains as the sink does: passes over damage. Returns the payloads and the bytes skipped.
-    fn drain_skipping(reader: &mut QueueReader) -> (Vec<Vec<u8>>, u64) {
+    pub(super) fn drain_skipping(reader: &mut QueueReader) -> (Vec<Vec<u8>>, u64) {
         let mut out = Vec::new();
         let mut skipped = 0;
         loop {

@@ -4,6 +4,7 @@
 //! byte for byte, and only a torn tail is ever cut.
 
 use super::frame::{self, Format};
+use super::tests::drain_skipping;
 use super::*;
 
 /// Entries in segment 1 (a sealed layout has one more in segment 2).
@@ -193,19 +194,6 @@ fn lay_out(p: &Pristine, c: &Case) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
         fs::write(segment_path(&dir, *seq), bytes).unwrap();
     }
     (tmp, dir, damaged)
-}
-
-fn drain_skipping(reader: &mut QueueReader) -> (Vec<Vec<u8>>, u64) {
-    let mut out = Vec::new();
-    let mut skipped = 0;
-    loop {
-        match reader.next(Wait::NoWait) {
-            Ok(Some(e)) => out.push(e.data),
-            Ok(None) => return (out, skipped),
-            Err(QueueError::Corrupt { .. }) => skipped += reader.skip_damaged().unwrap(),
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 fn check(p: &Pristine, c: &Case) {
