@@ -2,10 +2,16 @@
 //! shape) pushed through a real agent process into a real aggregator process.
 //!
 //! ```text
-//! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE] [--sink discard|local]
+//! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE]
+//!                                        [--sink discard|local|elasticsearch]
 //!                                        [--compression zstd|gzip|none] [--format docker|plain]
 //!                                        [--parser RULE] [--floor] [--output discard]
+//!                                        [--outage-after-seconds A --outage-seconds N]
 //! ```
+//! `--sink elasticsearch` starts the Elasticsearch test double inside the harness process (on
+//! its own threads, whose CPU time is reported separately) and points the aggregator's sink at
+//! it; `--outage-after-seconds`/`--outage-seconds` cut the double off (connections refused) for
+//! a while, and the aggregator's peak RSS at the end of the outage is reported.
 //! `--output discard` runs the agent with `output = "discard"`: it reads, decodes, parses and
 //! encodes every line and drops the batches (the "tail → parse → discard" pipeline); the
 //! aggregator then only idles.
@@ -31,6 +37,8 @@ struct Args {
     parser: Option<String>,
     floor: bool,
     discard: bool,
+    outage_after: Option<u64>,
+    outage_seconds: u64,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +51,8 @@ fn parse_args() -> Args {
         parser: None,
         floor: false,
         discard: false,
+        outage_after: None,
+        outage_seconds: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +65,16 @@ fn parse_args() -> Args {
             "--format" => a.format = value(),
             "--parser" => a.parser = Some(value()),
             "--floor" => a.floor = true,
+            "--outage-after-seconds" => {
+                a.outage_after = Some(
+                    value()
+                        .parse()
+                        .expect("--outage-after-seconds takes seconds"),
+                )
+            }
+            "--outage-seconds" => {
+                a.outage_seconds = value().parse().expect("--outage-seconds takes seconds")
+            }
             "--output" => {
                 let v = value();
                 assert!(v == "discard", "--output takes `discard`, not {v:?}");
@@ -69,12 +89,7 @@ fn parse_args() -> Args {
 
 /// (user + system CPU seconds, peak RSS in bytes) of a live process, from /proc.
 fn usage(pid: u32) -> (f64, u64) {
-    let ticks: f64 = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
+    let ticks = clock_ticks();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -146,10 +161,21 @@ fn main() {
     if args.discard {
         agent_extra.push_str("output = \"discard\"\n");
     }
-    let config = w.config(
-        &agent_extra,
-        &format!("sink = {{ type = \"{}\" }}\n", args.sink),
-    );
+    let double = (args.sink == "elasticsearch").then(|| {
+        EsDouble::start(ferry_es_double::Options {
+            // The double's own cost is reported separately; keep it small.
+            mapping_check: false,
+            ..Default::default()
+        })
+    });
+    let sink = match &double {
+        Some(d) => format!(
+            "sink = {{ type = \"elasticsearch\", urls = [\"{}\"], backoff_max_ms = 2000 }}\n",
+            d.handle.url()
+        ),
+        None => format!("sink = {{ type = \"{}\" }}\n", args.sink),
+    };
+    let config = w.config(&agent_extra, &sink);
     // The agent's /metrics on a known port, to follow a discarding agent's progress.
     let agent_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -172,16 +198,51 @@ fn main() {
     );
     let addr = w.agg_addr();
     let mut last_print = Instant::now();
+    let mut outage: Option<(Instant, u64)> = None;
     let peak = loop {
-        let (from, counter) = if args.discard {
-            (agent_metrics, "ferry_agent_records_discarded_total")
+        let (from, counters): (_, &[&str]) = if args.discard {
+            (agent_metrics, &["ferry_agent_records_discarded_total"])
+        } else if double.is_some() {
+            (
+                addr,
+                &[
+                    "ferry_sink_items_total{sink=\"elasticsearch\",result=\"created\"}",
+                    "ferry_sink_items_total{sink=\"elasticsearch\",result=\"duplicate\"}",
+                    "ferry_sink_items_total{sink=\"elasticsearch\",result=\"dead_lettered\"}",
+                ],
+            )
         } else {
-            (addr, "ferry_sink_records_total")
+            (addr, &["ferry_sink_records_total"])
         };
         let page = http(from, "GET", "/metrics", &[], b"")
             .map(|r| r.body)
             .unwrap_or_default();
-        let done = metric(&page, counter) as u64;
+        let done = counters.iter().map(|c| metric(&page, c)).sum::<f64>() as u64;
+        if let (Some(d), Some(after)) = (&double, args.outage_after) {
+            let elapsed = started.elapsed();
+            if outage.is_none() && elapsed >= Duration::from_secs(after) {
+                eprintln!(
+                    "  outage: the double refuses connections for {} s",
+                    args.outage_seconds
+                );
+                d.handle.set_behaviour(ferry_es_double::Behaviour {
+                    outage: ferry_es_double::Outage::Refuse,
+                    ..Default::default()
+                });
+                outage = Some((Instant::now(), 0));
+            }
+            if let Some((since, rss)) = &mut outage {
+                if *rss == 0 && since.elapsed() >= Duration::from_secs(args.outage_seconds) {
+                    *rss = usage(aggregator.child.id()).1;
+                    d.handle
+                        .set_behaviour(ferry_es_double::Behaviour::default());
+                    eprintln!(
+                        "  outage over: aggregator peak RSS so far {:.1} MiB",
+                        *rss as f64 / 1048576.0
+                    );
+                }
+            }
+        }
         let usage_now = (usage(agent.child.id()), usage(aggregator.child.id()));
         if done >= lines {
             break usage_now;
@@ -228,6 +289,23 @@ fn main() {
         g_cpu / gib,
         g_rss as f64 / 1048576.0
     );
+    if let Some(d) = &double {
+        let stats = d.handle.stats();
+        println!(
+            "  es double      {:.2} CPU-s (in the harness process, not counted above), {} documents, {} bulk requests",
+            d.cpu_seconds(),
+            stats.docs,
+            stats.bulk_requests.values().sum::<u64>()
+        );
+    }
+    if let Some((_, rss)) = outage {
+        println!(
+            "  outage         {} s from {} s in: aggregator peak RSS at its end {:.1} MiB",
+            args.outage_seconds,
+            args.outage_after.unwrap_or(0),
+            rss as f64 / 1048576.0
+        );
+    }
     if args.floor {
         let cpu = grep_floor(&file);
         println!(

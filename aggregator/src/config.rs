@@ -1,15 +1,16 @@
 //! The aggregator's configuration: where it listens, who may send, how much it accepts and keeps,
-//! and which sink receives the queue.
+//! and which sinks receive the queue.
 //!
 //! Every field has a documented default, so an empty table is a working configuration.
-//! [`AggregatorConfig::validate`] checks the values once at load; nothing here opens files or
-//! sockets.
+//! [`AggregatorConfig::validate`] checks the values once at load; nothing here opens sockets,
+//! and the only file read is an Elasticsearch sink's `ca_file`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::elasticsearch::ElasticsearchConfig;
 use crate::queue::ENTRY_OVERHEAD_BYTES;
 
 /// Configuration of `ferry aggregator`.
@@ -45,9 +46,17 @@ pub struct AggregatorConfig {
     /// Value of the `Retry-After` header sent with 503 when the queue is full. Default 1.
     #[serde(default = "default_retry_after_seconds")]
     pub retry_after_seconds: u64,
-    /// Where queued batches go. Default `{ type = "local", retention_days = 7, max_sources = 250000 }`.
+    /// Where queued batches go, when there is one sink. Default `{ type = "local",
+    /// retention_days = 7, max_sources = 250000 }`. Shorthand for `sinks` with one entry; set
+    /// one or the other.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Several sinks reading the one queue, each with its own position in it (e.g. the local
+    /// store and Elasticsearch); a queue segment is deleted once every sink has passed it. At
+    /// most one `local` and one `discard`; Elasticsearch sinks need distinct `name`s. When set,
+    /// `sink` must be left out. Default none (then `sink` applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkConfig>,
     /// How long a container's series stay on `/metrics` after its last stats sample arrived;
     /// then they are dropped (the container stopped, or its agent went away). Must be positive.
     /// Default 60.
@@ -76,6 +85,19 @@ pub enum SinkConfig {
     },
     /// Counts records and drops them (for benchmarks).
     Discard,
+    /// Bulk-indexes into an Elasticsearch cluster (see [`ElasticsearchConfig`]).
+    Elasticsearch(Box<ElasticsearchConfig>),
+}
+
+impl SinkConfig {
+    /// The sink's name: the `sink` label of its metrics.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Local { .. } => "local",
+            SinkConfig::Discard => "discard",
+            SinkConfig::Elasticsearch(es) => &es.name,
+        }
+    }
 }
 
 impl Default for SinkConfig {
@@ -139,6 +161,7 @@ impl Default for AggregatorConfig {
             queue_segment_bytes: default_queue_segment_bytes(),
             retry_after_seconds: default_retry_after_seconds(),
             sink: SinkConfig::default(),
+            sinks: Vec::new(),
             stats_grace_seconds: default_stats_grace_seconds(),
         }
     }
@@ -148,8 +171,9 @@ impl Default for AggregatorConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("aggregator.{field} = {value}: {reason}")]
 pub struct ConfigError {
-    /// Dotted field name below the aggregator table, e.g. `sink.retention_days`.
-    pub field: &'static str,
+    /// Dotted field name below the aggregator table, e.g. `sink.retention_days` or
+    /// `sinks[1].urls`.
+    pub field: String,
     /// The offending value as written (secrets are never shown).
     pub value: String,
     pub reason: String,
@@ -159,6 +183,15 @@ pub struct ConfigError {
 const MAX_ENTRY_PAYLOAD: u64 = u32::MAX as u64;
 
 impl AggregatorConfig {
+    /// The sinks to run: `sinks`, or else the one `sink`.
+    pub fn sink_list(&self) -> Vec<SinkConfig> {
+        if self.sinks.is_empty() {
+            vec![self.sink.clone()]
+        } else {
+            self.sinks.clone()
+        }
+    }
+
     /// Checks the configuration; returns the first problem (see [`Self::problems`] for all).
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.problems().into_iter().next() {
@@ -170,9 +203,9 @@ impl AggregatorConfig {
     /// Every problem with the configuration, in field order (empty when it is valid).
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        let mut bad = |field: &'static str, value: String, reason: String| {
+        let mut bad = |field: &str, value: String, reason: String| {
             out.push(ConfigError {
-                field,
+                field: field.to_string(),
                 value,
                 reason,
             })
@@ -234,24 +267,59 @@ impl AggregatorConfig {
                 "must be at least 1".into(),
             );
         }
-        if let SinkConfig::Local {
-            retention_days,
-            max_sources,
-        } = self.sink
-        {
-            if retention_days == 0 {
-                bad(
-                    "sink.retention_days",
-                    "0".into(),
-                    "must be at least 1".into(),
-                );
+        if !self.sinks.is_empty() && self.sink != SinkConfig::default() {
+            bad(
+                "sink",
+                format!("{{ type = \"{}\" }}", self.sink.name()),
+                "set either sink or sinks, not both (sinks lists every sink)".into(),
+            );
+        }
+        let (list, prefix) = if self.sinks.is_empty() {
+            (std::slice::from_ref(&self.sink), None)
+        } else {
+            (&self.sinks[..], Some("sinks"))
+        };
+        for (i, sink) in list.iter().enumerate() {
+            let at = match prefix {
+                Some(p) => format!("{p}[{i}]"),
+                None => "sink".to_string(),
+            };
+            let name = sink.name();
+            if list[..i].iter().any(|other| other.name() == name) {
+                let why = match sink {
+                    SinkConfig::Elasticsearch(_) => {
+                        "another sink has this name; give each Elasticsearch sink its own name"
+                    }
+                    _ => "there may be only one sink of this type",
+                };
+                bad(&format!("{at}.name"), format!("{name:?}"), why.into());
             }
-            if max_sources < 10 {
-                bad(
-                    "sink.max_sources",
-                    max_sources.to_string(),
-                    "must be at least 10".into(),
-                );
+            match sink {
+                SinkConfig::Local {
+                    retention_days,
+                    max_sources,
+                } => {
+                    if *retention_days == 0 {
+                        bad(
+                            &format!("{at}.retention_days"),
+                            "0".into(),
+                            "must be at least 1".into(),
+                        );
+                    }
+                    if *max_sources < 10 {
+                        bad(
+                            &format!("{at}.max_sources"),
+                            max_sources.to_string(),
+                            "must be at least 10".into(),
+                        );
+                    }
+                }
+                SinkConfig::Elasticsearch(es) => {
+                    for (field, value, reason) in es.problems() {
+                        bad(&format!("{at}.{field}"), value, reason);
+                    }
+                }
+                SinkConfig::Discard => {}
             }
         }
         out
@@ -336,7 +404,7 @@ mod tests {
             ..Default::default()
         };
         let problems = config.problems();
-        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -352,5 +420,77 @@ mod tests {
         assert!(problems[1]
             .to_string()
             .contains("aggregator.queue_max_bytes = 10"));
+    }
+}
+
+#[cfg(test)]
+mod sinks_tests {
+    use super::*;
+
+    fn parse(text: &str) -> AggregatorConfig {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn sinks_list_several_sinks_and_sink_is_its_shorthand() {
+        let c = parse(
+            r#"sinks = [
+                { type = "local", retention_days = 3 },
+                { type = "elasticsearch", urls = ["http://es-1:9200", "http://es-2:9200"] },
+            ]"#,
+        );
+        c.validate().unwrap();
+        let list = c.sink_list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list[0],
+            SinkConfig::Local {
+                retention_days: 3,
+                max_sources: default_max_sources()
+            }
+        );
+        assert_eq!(list[1].name(), "elasticsearch");
+        let c = parse(r#"sink = { type = "elasticsearch" }"#);
+        assert_eq!(c.sink_list().len(), 1);
+        assert_eq!(parse("").sink_list(), [SinkConfig::default()]);
+    }
+
+    #[test]
+    fn every_sink_problem_is_reported_with_its_place() {
+        let c = parse(
+            r#"sink = { type = "discard" }
+            sinks = [
+                { type = "local", retention_days = 0 },
+                { type = "elasticsearch", urls = [], bulk_max_records = 0 },
+                { type = "elasticsearch", name = "elasticsearch" },
+                { type = "local" },
+            ]"#,
+        );
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "sink",
+                "sinks[0].retention_days",
+                "sinks[1].urls",
+                "sinks[1].bulk_max_records",
+                "sinks[2].name",
+                "sinks[3].name",
+            ]
+        );
+        let one = parse(r#"sink = { type = "elasticsearch", request_timeout_ms = 0 }"#);
+        assert_eq!(
+            one.validate().unwrap_err().to_string(),
+            "aggregator.sink.request_timeout_ms = 0: must be positive"
+        );
+    }
+
+    #[test]
+    fn unknown_elasticsearch_keys_are_refused() {
+        let err = toml::from_str::<AggregatorConfig>(
+            r#"sink = { type = "elasticsearch", hosts = ["http://x"] }"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hosts"), "{err}");
     }
 }

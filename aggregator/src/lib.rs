@@ -1,27 +1,31 @@
 //! ferry's aggregator: receives batches from agents over HTTP, makes them durable in an on-disk
-//! queue before acknowledging them, and drains the queue in order into a sink (the local
-//! per-day NDJSON store, or a discarding sink for benchmarks) exactly once per record.
+//! queue before acknowledging them, and drains the queue in order into one or more sinks (the
+//! local per-day NDJSON store, Elasticsearch, or a discarding sink for benchmarks), each record
+//! once per sink.
 //!
-//! The flow is `ingest (auth, limits, decode) → durable queue (fsync, then 200) → sink thread →
-//! commit → queue trim`; `/metrics` and `/health` report on it, and [`search`] reads the local
-//! store. The crate owns its files under `data_dir` and nothing else: it parses no log lines
-//! (the agent did) and knows nothing of the CLI.
+//! The flow is `ingest (auth, limits, decode) → durable queue (fsync, then 200) → one reader per
+//! sink → sink → commit (per sink) → queue trim (once every sink passed)`; `/metrics` and
+//! `/health` report on it, and [`search`] reads the local store. The crate owns its files under
+//! `data_dir` and nothing else: it parses no log lines (the agent did) and knows nothing of the
+//! CLI.
 #![forbid(unsafe_code)]
 
 mod config;
 mod containers;
+mod elasticsearch;
 mod local;
 mod metrics;
 mod queue;
 mod search;
 mod server;
 mod sink;
+mod sink_metrics;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,13 +35,16 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use config::{AggregatorConfig, ConfigError, SinkConfig};
+pub use elasticsearch::{ElasticsearchConfig, EsStartError, RequestCompression};
 pub use local::StoreError;
 pub use queue::QueueError;
 pub use search::{parse_time_bound, search, SearchError, SearchQuery, TimeBoundError};
 
+use elasticsearch::EsSink;
 use metrics::Metrics;
 use queue::{Position, Queue};
 use sink::Sink;
+use sink_metrics::{ItemResult, SinkMetrics};
 
 /// How long [`AggregatorHandle::shutdown`] lets the sink drain the queue.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
@@ -57,6 +64,8 @@ pub enum StartError {
     Queue(#[from] QueueError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start an Elasticsearch sink: {0}")]
+    Elasticsearch(#[from] EsStartError),
     #[error("cannot start the sink thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -76,6 +85,10 @@ pub struct AggregatorStatus {
     pub records_stored: u64,
     /// Log records the sink recognised as replays and skipped.
     pub duplicates_suppressed: u64,
+    /// Log records Elasticsearch sinks indexed (created), over every such sink.
+    pub records_indexed: u64,
+    /// Log records Elasticsearch sinks dead-lettered, over every such sink.
+    pub records_dead_lettered: u64,
     /// Refused requests and sink failures.
     pub errors: u64,
 }
@@ -89,12 +102,12 @@ pub struct AggregatorHandle {
     queue: Queue,
     stop: watch::Sender<bool>,
     server: Option<tokio::task::JoinHandle<()>>,
-    sink: Option<JoinHandle<()>>,
-    sink_alive: Arc<AtomicBool>,
+    sinks: Vec<JoinHandle<()>>,
 }
 
-/// Starts the aggregator: binds the listener, opens (and recovers) the store and the queue,
-/// starts the sink thread and serves HTTP. Call inside a multi-thread tokio runtime.
+/// Starts the aggregator: binds the listener, checks Elasticsearch clusters, opens (and
+/// recovers) the store and the queue, starts one thread per sink and serves HTTP. Call inside a
+/// multi-thread tokio runtime.
 pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartError> {
     config.validate()?;
     let listener = TcpListener::bind(config.listen)
@@ -110,25 +123,53 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
     let metrics = Arc::new(Metrics::with_stats_grace(Duration::from_secs(
         config.stats_grace_seconds,
     )));
+    let sink_configs = config.sink_list();
+    let mut bootstrapped = Vec::new();
+    for sink in &sink_configs {
+        if let SinkConfig::Elasticsearch(es) = sink {
+            bootstrapped.push(elasticsearch::startup_check(es).await?);
+        }
+    }
     let opened = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || open_storage(&config, metrics))
-            .await
-            .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))??
+        tokio::task::spawn_blocking(move || {
+            open_storage(&config, &sink_configs, bootstrapped, metrics)
+        })
+        .await
+        .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))??
     };
-    let (sink, queue, start) = opened;
-    let alive = Arc::new(AtomicBool::new(true));
-    let sink_thread = {
-        let queue = queue.clone();
+    let (opened, queue) = opened;
+    let mut sink_metrics = Vec::new();
+    let mut threads = Vec::new();
+    for (sink, start) in opened {
         let reader = queue.reader(start);
-        let metrics = Arc::clone(&metrics);
-        let alive = Arc::clone(&alive);
-        std::thread::Builder::new()
-            .name("ferry-sink".into())
-            .spawn(move || sink::run(sink, queue, reader, metrics, alive))
-            .map_err(StartError::Thread)?
-    };
+        let sm = Arc::new(SinkMetrics::new(
+            sink.name(),
+            matches!(sink, Opened::Elasticsearch(..)),
+        ));
+        sm.attach(queue.downgrade(), reader.consumer());
+        sink_metrics.push(Arc::clone(&sm));
+        let spawned = match sink {
+            Opened::Store(sink) => {
+                let queue = queue.clone();
+                let metrics = Arc::clone(&metrics);
+                let alive = Arc::clone(&sm.alive);
+                std::thread::Builder::new()
+                    .name("ferry-sink".into())
+                    .spawn(move || sink::run(sink, queue, reader, metrics, alive))
+            }
+            Opened::Elasticsearch(es) => es.spawn(queue.clone(), reader, Arc::clone(&metrics), sm),
+        };
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                queue.close(Instant::now());
+                return Err(StartError::Thread(e));
+            }
+        }
+    }
+    metrics.set_sinks(sink_metrics);
     let ingest = Arc::new(server::Ingest {
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -136,7 +177,6 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         retry_after_seconds: config.retry_after_seconds,
         queue: queue.clone(),
         metrics: Arc::clone(&metrics),
-        sink_alive: Arc::clone(&alive),
     });
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, ingest, stopped));
@@ -144,6 +184,7 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
         auth = config.token.is_some(),
+        sinks = threads.len(),
         "Aggregator listening"
     );
     Ok(AggregatorHandle {
@@ -152,40 +193,75 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         queue,
         stop,
         server: Some(server),
-        sink: Some(sink_thread),
-        sink_alive: alive,
+        sinks: threads,
     })
 }
 
-/// Opens the sink's store and the queue positioned where the sink last committed.
+/// A sink opened and ready to run.
+enum Opened {
+    Store(Sink),
+    Elasticsearch(EsSink),
+}
+
+impl Opened {
+    fn name(&self) -> &str {
+        match self {
+            Opened::Store(Sink::Local(_)) => "local",
+            Opened::Store(Sink::Discard) => "discard",
+            Opened::Elasticsearch(es) => es.name(),
+        }
+    }
+}
+
+/// Opens every sink (store, positions) and the queue, kept from the slowest sink's position.
+/// Returns each sink with the position its reader starts from.
 fn open_storage(
     config: &AggregatorConfig,
+    sinks: &[SinkConfig],
+    bootstrapped: Vec<bool>,
     metrics: Arc<Metrics>,
-) -> Result<(Sink, Queue, Position), StartError> {
-    let sink = match config.sink {
-        SinkConfig::Local {
-            retention_days,
-            max_sources,
-        } => Sink::Local(local::LocalStore::open(
-            &store_dir(&config.data_dir),
-            retention_days,
-            max_sources,
-            chrono::Utc::now(),
-        )?),
-        SinkConfig::Discard => Sink::Discard,
-    };
-    let committed = match &sink {
-        Sink::Local(store) => store.queue_position(),
-        Sink::Discard => Position::default(),
-    };
+) -> Result<(Vec<(Opened, Position)>, Queue), StartError> {
+    let mut bootstrapped = bootstrapped.into_iter();
+    let mut opened = Vec::new();
+    for sink in sinks {
+        let (sink, position) = match sink {
+            SinkConfig::Local {
+                retention_days,
+                max_sources,
+            } => {
+                let store = local::LocalStore::open(
+                    &store_dir(&config.data_dir),
+                    *retention_days,
+                    *max_sources,
+                    chrono::Utc::now(),
+                )?;
+                let position = store.queue_position();
+                (Opened::Store(Sink::Local(store)), position)
+            }
+            // Not persisted: after a restart it counts from the slowest other sink.
+            SinkConfig::Discard => (Opened::Store(Sink::Discard), Position::default()),
+            SinkConfig::Elasticsearch(es) => {
+                let done = bootstrapped.next().unwrap_or(false);
+                let sink = EsSink::open(es, &config.data_dir, done)?;
+                let position = sink.position();
+                (Opened::Elasticsearch(sink), position)
+            }
+        };
+        opened.push((sink, position));
+    }
+    let slowest = opened.iter().map(|(_, p)| *p).min().unwrap_or_default();
     let (queue, start) = Queue::open(
         &config.data_dir.join("queue"),
         config.queue_segment_bytes,
         config.queue_max_bytes,
-        committed,
+        slowest,
         metrics,
     )?;
-    Ok((sink, queue, start))
+    let opened = opened
+        .into_iter()
+        .map(|(sink, position)| (sink, position.max(start)))
+        .collect();
+    Ok((opened, queue))
 }
 
 /// The local store without the server, for `benches/store_commit.rs` only: not an interface.
@@ -208,6 +284,7 @@ impl AggregatorHandle {
     /// The counters, read from atomics (cheap).
     pub fn status(&self) -> AggregatorStatus {
         let m = &self.metrics;
+        let es = |result| m.sinks().iter().map(|s| s.item_count(result)).sum::<u64>();
         AggregatorStatus {
             records_received: m.ingest_records.load(Ordering::Relaxed),
             bytes_received: m.ingest_bytes.load(Ordering::Relaxed),
@@ -215,6 +292,8 @@ impl AggregatorHandle {
             queue_bytes: m.queue_bytes.load(Ordering::Relaxed),
             records_stored: m.sink_records.load(Ordering::Relaxed),
             duplicates_suppressed: m.sink_duplicates.load(Ordering::Relaxed),
+            records_indexed: es(ItemResult::Created),
+            records_dead_lettered: es(ItemResult::DeadLettered),
             errors: m.errors(),
         }
     }
@@ -224,7 +303,7 @@ impl AggregatorHandle {
         self.metrics.render()
     }
 
-    /// Stops accepting, lets requests in flight finish, lets the sink drain the queue (up to a
+    /// Stops accepting, lets requests in flight finish, lets the sinks drain the queue (up to a
     /// few seconds) and commit, then returns. What is left stays queued for the next start.
     /// Returns the final status (records stored, anything left queued for the next start).
     pub async fn shutdown(self) -> AggregatorStatus {
@@ -233,8 +312,8 @@ impl AggregatorHandle {
 
     /// [`Self::shutdown`] with the sink's drain time given.
     pub(crate) async fn shutdown_within(mut self, drain: Duration) -> AggregatorStatus {
-        if !self.sink_alive.load(Ordering::SeqCst) {
-            warn!("Sink thread had stopped before shutdown");
+        if let Some(problem) = self.metrics.sink_problem() {
+            warn!(problem = %problem, "A sink had stopped before shutdown");
         }
         let _ = self.stop.send(true);
         if let Some(server) = self.server.take() {
@@ -243,7 +322,7 @@ impl AggregatorHandle {
             }
         }
         self.queue.close(Instant::now() + drain);
-        if let Some(sink) = self.sink.take() {
+        for sink in std::mem::take(&mut self.sinks) {
             let joined = tokio::task::spawn_blocking(move || sink.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
                 warn!("Sink thread panicked");
@@ -261,7 +340,7 @@ impl AggregatorHandle {
 
 impl Drop for AggregatorHandle {
     fn drop(&mut self) {
-        if self.server.is_some() || self.sink.is_some() {
+        if self.server.is_some() || !self.sinks.is_empty() {
             let _ = self.stop.send(true);
             self.queue.close(Instant::now());
         }

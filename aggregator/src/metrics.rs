@@ -97,6 +97,8 @@ pub(crate) struct Metrics {
     sink_errors: [AtomicU64; SinkError::ALL.len()],
     /// Latest container stats from the agents (cAdvisor series).
     pub(crate) containers: crate::containers::Containers,
+    /// Each sink's own metrics (set once the sinks start).
+    sinks: std::sync::OnceLock<Vec<std::sync::Arc<crate::sink_metrics::SinkMetrics>>>,
 }
 
 impl Metrics {
@@ -136,6 +138,21 @@ impl Metrics {
     pub(crate) fn sink_error(&self, kind: SinkError) {
         let i = SinkError::ALL.iter().position(|&k| k == kind).unwrap_or(0);
         self.sink_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Registers the sinks' metrics (once, at start).
+    pub(crate) fn set_sinks(&self, sinks: Vec<std::sync::Arc<crate::sink_metrics::SinkMetrics>>) {
+        let _ = self.sinks.set(sinks);
+    }
+
+    /// The sinks' metrics.
+    pub(crate) fn sinks(&self) -> &[std::sync::Arc<crate::sink_metrics::SinkMetrics>] {
+        self.sinks.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Why a sink is not working, if one is not.
+    pub(crate) fn sink_problem(&self) -> Option<String> {
+        self.sinks().iter().find_map(|s| s.problem())
     }
 
     /// All ingest and sink errors so far.
@@ -274,6 +291,7 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        crate::sink_metrics::render(&mut out, self.sinks());
         self.containers.render(&mut out);
         out
     }

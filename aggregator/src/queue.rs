@@ -6,8 +6,12 @@
 //! [`Queue::append`] returns only once the entry is fsynced (appenders that arrive while an fsync
 //! runs share the next one: group commit), and the sink's [`QueueReader`] never sees an entry
 //! before it is durable, so a position the sink commits always survives a crash. Segments wholly
-//! below the committed consumer position are deleted by [`Queue::commit`]. This module knows
+//! below every consumer's committed position are deleted by [`Queue::commit`]. This module knows
 //! nothing of HTTP or of the store.
+//!
+//! Several sinks may read the one queue: each [`Queue::reader`] is a consumer with its own
+//! position and its own count of what it has not committed. A segment is deleted only once every
+//! consumer has passed it, and the queue's bound applies to what the slowest consumer has left.
 //!
 //! **Damage.** Only a torn tail is ever cut: on open, the newest segment is scanned, and when an
 //! entry does not check out and no intact entry follows it, the rest is what a SIGKILL or power
@@ -41,6 +45,8 @@ use frame::{Format, Scan};
 
 /// Bytes a queue entry takes beside its payload (the header of the format this build writes).
 pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 16;
+/// Precision of [`Queue::oldest_age`].
+const AGE_RESOLUTION: Duration = Duration::from_millis(100);
 const SEGMENT_SUFFIX: &str = ".seg";
 /// Folder (below the queue's) where damaged bytes are kept.
 const DAMAGED_DIR: &str = "damaged";
@@ -134,11 +140,51 @@ struct Writer {
 struct Shared {
     /// Everything before this position is fsynced.
     durable: Position,
+    /// What the slowest consumer has not committed (what the bound applies to).
     queued_bytes: u64,
     queued_records: u64,
     /// Set by [`Queue::close`]: readers return `None` once caught up or past the deadline.
     closed: Option<Instant>,
+    /// Where readers start at the earliest (the position [`Queue::open`] returned).
+    opened: Position,
+    consumers: Vec<Consumer>,
+    /// End position and append time of queued entries, oldest first (entries queued before the
+    /// queue opened count as appended when it opened); pruned as the slowest consumer commits.
+    appended: std::collections::VecDeque<(Position, Instant)>,
 }
+
+/// One reader's committed position and what it has left (bytes, log records).
+#[derive(Debug, Clone, Copy)]
+struct Consumer {
+    position: Position,
+    bytes: u64,
+    records: u64,
+}
+
+/// A queue handle that does not keep the queue alive (for metrics, which the queue owns).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakQueue(std::sync::Weak<Inner>);
+
+impl WeakQueue {
+    /// [`Queue::depth`], or nothing once the queue is gone.
+    pub(crate) fn depth(&self, consumer: ConsumerId) -> (u64, u64) {
+        self.0
+            .upgrade()
+            .map_or((0, 0), |inner| Queue { inner }.depth(consumer))
+    }
+
+    /// [`Queue::oldest_age`], or nothing once the queue is gone.
+    pub(crate) fn oldest_age(&self, consumer: ConsumerId) -> Option<Duration> {
+        Queue {
+            inner: self.0.upgrade()?,
+        }
+        .oldest_age(consumer)
+    }
+}
+
+/// Which reader commits (see [`QueueReader::consumer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConsumerId(usize);
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}{SEGMENT_SUFFIX}"))
@@ -296,6 +342,13 @@ impl Queue {
                     queued_bytes,
                     queued_records,
                     closed: None,
+                    opened: start,
+                    consumers: Vec::new(),
+                    appended: if queued_bytes > 0 {
+                        [(durable, Instant::now())].into()
+                    } else {
+                        Default::default()
+                    },
                 }),
                 cond: Condvar::new(),
             }),
@@ -360,14 +413,26 @@ impl Queue {
                 return Err(QueueError::Io { path, source });
             }
             w.end += entry_bytes;
+            let end = Position {
+                segment: w.segment,
+                offset: w.end,
+            };
             let mut shared = self.shared();
             shared.queued_bytes += entry_bytes;
             shared.queued_records += records;
-            self.publish(&shared);
-            Position {
-                segment: w.segment,
-                offset: w.end,
+            for c in shared.consumers.iter_mut() {
+                c.bytes += entry_bytes;
+                c.records += records;
             }
+            // Entries appended within the same tenth of a second share one mark, so the marks
+            // stay few whatever the entries' size.
+            let now = Instant::now();
+            match shared.appended.back_mut() {
+                Some((last_end, at)) if now.duration_since(*at) < AGE_RESOLUTION => *last_end = end,
+                _ => shared.appended.push_back((end, now)),
+            }
+            self.publish(&shared);
+            end
         };
         self.sync_to(my_end)
     }
@@ -449,15 +514,47 @@ impl Queue {
             .store(shared.queued_records, Ordering::Relaxed);
     }
 
-    /// Records that the sink committed everything before `position` (`bytes` and `records`
-    /// being what it consumed since the last commit) and deletes segments wholly below it.
-    pub(crate) fn commit(&self, position: Position, bytes: u64, records: u64) {
-        {
+    /// Records that `consumer` committed everything before `position` (`bytes` and `records`
+    /// being what it consumed since its last commit) and deletes the segments every consumer has
+    /// passed.
+    pub(crate) fn commit(
+        &self,
+        consumer: ConsumerId,
+        position: Position,
+        bytes: u64,
+        records: u64,
+    ) {
+        let trim = {
             let mut shared = self.shared();
-            shared.queued_bytes = shared.queued_bytes.saturating_sub(bytes);
-            shared.queued_records = shared.queued_records.saturating_sub(records);
+            let Some(c) = shared.consumers.get_mut(consumer.0) else {
+                return;
+            };
+            c.position = c.position.max(position);
+            c.bytes = c.bytes.saturating_sub(bytes);
+            c.records = c.records.saturating_sub(records);
+            let slowest = shared
+                .consumers
+                .iter()
+                .map(|c| c.position)
+                .min()
+                .unwrap_or(position);
+            shared.queued_bytes = shared.consumers.iter().map(|c| c.bytes).max().unwrap_or(0);
+            shared.queued_records = shared
+                .consumers
+                .iter()
+                .map(|c| c.records)
+                .max()
+                .unwrap_or(0);
+            while shared
+                .appended
+                .front()
+                .is_some_and(|(end, _)| *end <= slowest)
+            {
+                shared.appended.pop_front();
+            }
             self.publish(&shared);
-        }
+            slowest
+        };
         let segments = match list_segments(&self.inner.dir) {
             Ok(s) => s,
             Err(e) => {
@@ -465,13 +562,41 @@ impl Queue {
                 return;
             }
         };
-        for seg in segments.into_iter().filter(|&s| s < position.segment) {
+        for seg in segments.into_iter().filter(|&s| s < trim.segment) {
             let path = segment_path(&self.inner.dir, seg);
             match fs::remove_file(&path) {
                 Ok(()) => debug!(segment = seg, "Queue segment trimmed"),
                 Err(e) => warn!(path = %path.display(), error = %e, "Queue trim failed"),
             }
         }
+    }
+
+    /// A handle that does not keep the queue alive.
+    pub(crate) fn downgrade(&self) -> WeakQueue {
+        WeakQueue(Arc::downgrade(&self.inner))
+    }
+
+    /// What `consumer` has not committed: (bytes, log records).
+    pub(crate) fn depth(&self, consumer: ConsumerId) -> (u64, u64) {
+        let shared = self.shared();
+        shared
+            .consumers
+            .get(consumer.0)
+            .map_or((0, 0), |c| (c.bytes, c.records))
+    }
+
+    /// How long ago the oldest entry `consumer` has not committed was appended (`None`: nothing
+    /// left). Entries queued before the queue opened count from the opening.
+    pub(crate) fn oldest_age(&self, consumer: ConsumerId) -> Option<Duration> {
+        let shared = self.shared();
+        let position = shared.consumers.get(consumer.0)?.position;
+        let first = shared.appended.partition_point(|(end, _)| *end <= position);
+        shared.appended.get(first).map(|(_, at)| at.elapsed())
+    }
+
+    /// The drain deadline [`Queue::close`] set, if the queue is closed.
+    pub(crate) fn closed(&self) -> Option<Instant> {
+        self.shared().closed
     }
 
     /// Stops the queue: readers drain what is durable until `deadline`, then return `None`.
@@ -529,13 +654,85 @@ impl Queue {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
     }
 
-    /// A reader starting at `position` (as returned by [`Queue::open`]).
+    /// A new consumer reading from `position`: a sink's committed position, or the one
+    /// [`Queue::open`] returned. A position before that one starts there; one past the end starts
+    /// at the end; one in a segment that no longer exists starts at the next segment.
     pub(crate) fn reader(&self, position: Position) -> QueueReader {
+        let mut shared = self.shared();
+        let position = if position <= shared.opened {
+            shared.opened
+        } else {
+            self.clamp(position, shared.durable)
+        };
+        let (bytes, records) = self
+            .count_between(position, shared.durable)
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "Queue depth of a reader unknown; counting what the queue holds");
+                (shared.queued_bytes, shared.queued_records)
+            });
+        let consumer = Consumer {
+            position,
+            bytes,
+            records,
+        };
+        let id = ConsumerId(shared.consumers.len());
+        shared.consumers.push(consumer);
         QueueReader {
             queue: self.clone(),
             position,
             file: None,
+            consumer: id,
         }
+    }
+
+    /// `position` moved onto an existing entry boundary's segment (see [`Queue::reader`]).
+    fn clamp(&self, position: Position, durable: Position) -> Position {
+        if position >= durable {
+            return durable;
+        }
+        let segments = list_segments(&self.inner.dir).unwrap_or_default();
+        if segments.contains(&position.segment) {
+            return position;
+        }
+        match segments.into_iter().find(|&s| s > position.segment) {
+            Some(next) => Position {
+                segment: next,
+                offset: 0,
+            },
+            None => durable,
+        }
+    }
+
+    /// Bytes and log records of the entries from `from` to `to` (both entry boundaries).
+    fn count_between(&self, from: Position, to: Position) -> Result<(u64, u64), QueueError> {
+        let dir = &self.inner.dir;
+        let segments: Vec<u64> = list_segments(dir)?
+            .into_iter()
+            .filter(|&s| s <= to.segment)
+            .collect();
+        let (mut bytes, mut records) = (0, 0);
+        for &seg in segments.iter().filter(|&&s| s >= from.segment) {
+            let path = segment_path(dir, seg);
+            let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let end = if seg == to.segment { to.offset } else { len };
+            let (b, r) = count_from(
+                dir,
+                &[seg],
+                if seg == from.segment {
+                    from
+                } else {
+                    Position {
+                        segment: seg,
+                        offset: 0,
+                    }
+                },
+                seg,
+                end,
+            )?;
+            bytes += b;
+            records += r;
+        }
+        Ok((bytes, records))
     }
 
     #[cfg(test)]
@@ -671,12 +868,13 @@ pub(crate) struct Entry {
     pub(crate) records: u64,
 }
 
-/// The sink's cursor over durable entries, in order.
+/// A sink's cursor over durable entries, in order.
 #[derive(Debug)]
 pub(crate) struct QueueReader {
     queue: Queue,
     position: Position,
     file: Option<OpenSegment>,
+    consumer: ConsumerId,
 }
 
 /// The segment a reader is in.
@@ -697,6 +895,11 @@ pub(crate) enum Wait {
 }
 
 impl QueueReader {
+    /// The consumer this reader commits as.
+    pub(crate) fn consumer(&self) -> ConsumerId {
+        self.consumer
+    }
+
     /// The position just past the last entry returned.
     pub(crate) fn position(&self) -> Position {
         self.position
@@ -941,7 +1144,7 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..5 {
             let e = r.next(Wait::NoWait).unwrap().unwrap();
-            q.commit(r.position(), e.bytes, e.records);
+            q.commit(r.consumer(), r.position(), e.bytes, e.records);
             got.push(e.data);
         }
         assert_eq!(got, batches[..5]);
@@ -1055,7 +1258,7 @@ mod tests {
         // Committing frees room.
         let mut r = q.reader(start);
         let e = r.next(Wait::NoWait).unwrap().unwrap();
-        q.commit(r.position(), e.bytes, e.records);
+        q.commit(r.consumer(), r.position(), e.bytes, e.records);
         q.append(&b).unwrap();
     }
 
@@ -1112,6 +1315,59 @@ mod tests {
         let answer = rx.recv_timeout(Duration::from_secs(10));
         drop(busy);
         assert_eq!(answer, Ok(None), "failure() waited for the writer's lock");
+    }
+
+    #[test]
+    fn each_reader_has_its_own_position_and_segments_wait_for_the_slowest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("queue");
+        let b = batch(2, "x");
+        let entry = b.len() as u64 + ENTRY_OVERHEAD_BYTES;
+        // One entry per segment; room for six entries.
+        let (q, start) = open(&dir, 10, 6 * entry, Position::default());
+        let mut fast = q.reader(start);
+        let mut slow = q.reader(start);
+        for _ in 0..4 {
+            q.append(&b).unwrap();
+        }
+        assert_eq!(q.depth(fast.consumer()), (4 * entry, 8));
+        assert!(q.oldest_age(slow.consumer()).is_some());
+        for _ in 0..4 {
+            let e = fast.next(Wait::NoWait).unwrap().unwrap();
+            q.commit(fast.consumer(), fast.position(), e.bytes, e.records);
+        }
+        assert_eq!(q.depth(fast.consumer()), (0, 0));
+        assert_eq!(q.oldest_age(fast.consumer()), None);
+        assert_eq!(q.depth(slow.consumer()), (4 * entry, 8));
+        assert_eq!(
+            list_segments(&dir).unwrap().len(),
+            4,
+            "nothing trimmed: one reader is behind"
+        );
+        assert_eq!(
+            q.queued(),
+            (4 * entry, 8),
+            "the bound counts what the slowest has left"
+        );
+        q.append(&b).unwrap();
+        q.append(&b).unwrap();
+        assert!(matches!(q.append(&b), Err(QueueError::Full { .. })));
+        for _ in 0..3 {
+            let e = slow.next(Wait::NoWait).unwrap().unwrap();
+            q.commit(slow.consumer(), slow.position(), e.bytes, e.records);
+        }
+        assert_eq!(q.depth(slow.consumer()), (3 * entry, 6));
+        let segments = list_segments(&dir).unwrap();
+        assert_eq!(
+            segments.first(),
+            Some(&slow.position().segment),
+            "trimmed up to the slowest"
+        );
+        q.append(&b).unwrap();
+
+        // A reader added at a position past the start counts only what lies after it.
+        let late = q.reader(fast.position());
+        assert_eq!(q.depth(late.consumer()), (3 * entry, 6));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,6 @@ pub(crate) struct Ingest {
     pub(crate) retry_after_seconds: u64,
     pub(crate) queue: Queue,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) sink_alive: Arc<AtomicBool>,
 }
 
 type Body = Full<Bytes>;
@@ -150,10 +149,10 @@ async fn route(ingest: &Ingest, req: Request<Incoming>) -> Response<Body> {
             response
         }
         (&Method::GET, "/health") => {
-            if !ingest.sink_alive.load(Ordering::SeqCst) {
+            if let Some(reason) = ingest.metrics.sink_problem() {
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "unavailable", "error": "the sink thread stopped"}),
+                    serde_json::json!({"status": "unavailable", "error": reason}),
                 )
             } else if let Some(reason) = ingest.queue.failure() {
                 json(

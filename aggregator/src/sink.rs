@@ -1,5 +1,6 @@
-//! The sink thread: drains the durable queue in order into the configured sink, commits, and
-//! trims the queue.
+//! The thread of the local store (or the discard sink): drains the durable queue in order into
+//! it, commits its position, and lets the queue trim what every sink has passed. (The
+//! Elasticsearch sink has its own threads: [`crate::elasticsearch`].)
 //!
 //! It runs on a plain thread (the store's writes and fsyncs are blocking), wakes on the queue's
 //! condition variable rather than polling, and takes whatever entries are already durable (up
@@ -112,7 +113,7 @@ pub(crate) fn run(
                 metrics.observe_sink(per_entry);
             }
         }
-        queue.commit(position, bytes, records);
+        queue.commit(reader.consumer(), position, bytes, records);
         if let Sink::Local(store) = &mut sink {
             if let Err(e) = store.retain_daily(Utc::now()) {
                 metrics.sink_error(SinkError::Io);

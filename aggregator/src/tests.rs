@@ -14,7 +14,7 @@ use crate::{start, AggregatorConfig, AggregatorHandle, SinkConfig};
 
 const TOKEN: &str = "s3cret-token";
 
-fn config(dir: &Path) -> AggregatorConfig {
+pub(crate) fn config(dir: &Path) -> AggregatorConfig {
     AggregatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: Some(TOKEN.into()),
@@ -23,7 +23,7 @@ fn config(dir: &Path) -> AggregatorConfig {
     }
 }
 
-fn gzip_batch(records: &[LogRecord]) -> Vec<u8> {
+pub(crate) fn gzip_batch(records: &[LogRecord]) -> Vec<u8> {
     let mut b = BatchBuilder::new("node-1");
     for r in records {
         b.push_log(r);
@@ -37,27 +37,27 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 }
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole reply.
-async fn send(handle: &AggregatorHandle, head: &str, body: &[u8]) -> Reply {
+pub(crate) async fn send(handle: &AggregatorHandle, head: &str, body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(handle.local_addr()).await.unwrap();
     let mut request = format!("{head}\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes();
     request.extend_from_slice(body);
@@ -87,7 +87,7 @@ async fn send(handle: &AggregatorHandle, head: &str, body: &[u8]) -> Reply {
 }
 
 /// POSTs a batch body with the given extra header lines.
-async fn post(handle: &AggregatorHandle, extra: &str, body: &[u8]) -> Reply {
+pub(crate) async fn post(handle: &AggregatorHandle, extra: &str, body: &[u8]) -> Reply {
     let mut head = format!(
         "POST /v1/batches HTTP/1.1\r\nContent-Length: {}",
         body.len()
@@ -99,16 +99,21 @@ async fn post(handle: &AggregatorHandle, extra: &str, body: &[u8]) -> Reply {
     send(handle, &head, body).await
 }
 
-fn auth_gzip() -> String {
+pub(crate) fn auth_gzip() -> String {
     format!("Authorization: Bearer {TOKEN}\r\nContent-Encoding: gzip")
 }
 
-async fn get(handle: &AggregatorHandle, path: &str) -> Reply {
+pub(crate) async fn get(handle: &AggregatorHandle, path: &str) -> Reply {
     send(handle, &format!("GET {path} HTTP/1.1"), b"").await
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub(crate) async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(20), done).await
+}
+
+/// Polls `done` until it holds, failing the test after `timeout`.
+pub(crate) async fn wait_within(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -351,8 +356,8 @@ async fn health_is_ok_until_the_sink_stops() {
         (reply.status, reply.json()),
         (200, serde_json::json!({"status": "ok"}))
     );
-    handle
-        .sink_alive
+    handle.metrics.sinks()[0]
+        .alive
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let reply = get(&handle, "/health").await;
     assert_eq!(reply.status, 503);

@@ -275,3 +275,75 @@ pub fn metric(page: &str, name_and_labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The Elasticsearch test double, served in this process on its own runtime (the processes
+/// under test reach it over 127.0.0.1 like a real cluster).
+pub struct EsDouble {
+    pub handle: ferry_es_double::DoubleHandle,
+    // Dropped after the handle (which stops the servers).
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl EsDouble {
+    pub fn start(options: ferry_es_double::Options) -> EsDouble {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("es-double")
+            // Keep blocking threads, so their CPU time stays countable.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime
+            .block_on(ferry_es_double::start(options))
+            .expect("the double listens");
+        EsDouble {
+            handle,
+            _runtime: runtime,
+        }
+    }
+
+    /// CPU seconds (user + system) of the double's threads so far (the benchmark harness
+    /// reports it).
+    #[allow(dead_code)]
+    pub fn cpu_seconds(&self) -> f64 {
+        let ticks = clock_ticks();
+        let mut total = 0.0;
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "es-double" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            for i in [11, 12] {
+                total += fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+        total / ticks
+    }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), asked once: forking a large process is not free.
+#[allow(dead_code)]
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}

@@ -110,17 +110,31 @@ impl<const N: usize> DurationHistogram<N> {
     pub fn render(&self, out: &mut String, bounds: &[f64; N], name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        self.render_samples(out, bounds, name, "");
+    }
+
+    /// Writes only the sample lines of `name` with the extra `labels` (e.g. `sink="es"`, already
+    /// escaped; empty for none), for a family with one histogram per label set.
+    pub fn render_samples(&self, out: &mut String, bounds: &[f64; N], name: &str, labels: &str) {
+        let (open, sep, close) = if labels.is_empty() {
+            ("", "", "")
+        } else {
+            ("{", ",", "}")
+        };
         let mut cumulative = 0;
         for (le, bucket) in bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         // Read the count last so that `+Inf` is never below a finite bucket.
         let count = self.count.load(Relaxed).max(cumulative);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_sum{open}{labels}{close} {sum}");
+        let _ = writeln!(out, "{name}_count{open}{labels}{close} {count}");
     }
 }
 
