@@ -2,7 +2,8 @@
 //! JSON value in the record.
 //!
 //! Field names are ECS dotted paths. Three names address the record itself: `message`,
-//! `log.level` (normalised: `WARNING`, `W` → `warn`) and `@timestamp`. Every other path becomes
+//! `log.level` (the source's name after `map`, lower-cased, with `log.level_normalized` beside it:
+//! see `level.rs`) and `@timestamp`. Every other path becomes
 //! nested objects in `record.fields` (`http.request.method` → `{"http":{"request":{…}}}`), except
 //! paths under the record's own top-level objects (`log`, `host`, `event`, `container`,
 //! `kubernetes`, `stream`), which are kept as one literal dotted key (`"log.logger": "…"`) so the
@@ -16,7 +17,9 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::json::normalise_level;
+use crate::level::{
+    normalise_level, source_level, LEVEL_NORMALIZED, NORMALISED, SYSLOG_SEVERITIES,
+};
 use crate::time::TimeFormat;
 use crate::typed::Typed;
 
@@ -36,6 +39,7 @@ const FORBIDDEN_EXACT: &[&str] = &[
     "log.offset",
     "log.flags",
     "log.level",
+    LEVEL_NORMALIZED,
     "host.name",
 ];
 
@@ -82,9 +86,15 @@ pub(crate) struct CaptureSpecConfig {
     /// `epoch_millis`, `epoch`, or a strftime pattern). Default: none (required).
     #[serde(default)]
     pub formats: Vec<String>,
-    /// Replaces whole captured values before typing (`{ "#" = "warn" }`). Default: empty.
+    /// Replaces whole captured values before typing (`{ "#" = "warning" }`). Default: empty.
     #[serde(default)]
     pub map: BTreeMap<String, String>,
+    /// For `field = "log.level"`: the normalised level (`trace`, `debug`, `info`, `warn`,
+    /// `error`, `fatal`) of level names (after `map`, any case) that the common names do not
+    /// cover or that this source means otherwise (`{ log = "info", verbose = "debug" }`).
+    /// Default: empty.
+    #[serde(default)]
+    pub normalised: BTreeMap<String, String>,
     /// Undoes `\"`, `\\`, `\xHH`, `\n`, `\t` escapes (nginx and Apache escape quotes in logged
     /// headers). Default: false.
     #[serde(default)]
@@ -206,6 +216,8 @@ pub(crate) struct CaptureSpec {
     pub target: Target,
     pub kind: Kind,
     map: Vec<(String, String)>,
+    /// Lower-cased level name → normalised level, for a `log.level` capture.
+    normalised: Vec<(String, &'static str)>,
     unescape: bool,
 }
 
@@ -232,6 +244,7 @@ impl CaptureSpec {
                 ty: TypeName::String,
                 formats: Vec::new(),
                 map: BTreeMap::new(),
+                normalised: BTreeMap::new(),
                 unescape: false,
             },
             CaptureConfig::Spec(s) => s.clone(),
@@ -282,11 +295,25 @@ impl CaptureSpec {
             }
             (f, _) => Target::Field(FieldPath::new(f)?),
         };
+        if !spec.normalised.is_empty() && target != Target::Level {
+            return Err("`normalised` only applies to `field = \"log.level\"`".into());
+        }
+        let mut normalised = Vec::new();
+        for (name, level) in spec.normalised {
+            let Some(&level) = NORMALISED.iter().find(|n| **n == level) else {
+                return Err(format!(
+                    "`normalised`: `{name}` = `{level}` is not one of {}",
+                    NORMALISED.join(", ")
+                ));
+            };
+            normalised.push((name.to_ascii_lowercase(), level));
+        }
         Ok(CaptureSpec {
             group,
             target,
             kind,
             map: spec.map.into_iter().collect(),
+            normalised,
             unescape: spec.unescape,
         })
     }
@@ -423,18 +450,6 @@ pub(crate) fn unescape(raw: &str) -> String {
     out
 }
 
-/// Syslog severity names (RFC 5424 table 2), indexed by code.
-const SEVERITIES: [(&str, &str); 8] = [
-    ("Emergency", "fatal"),
-    ("Alert", "fatal"),
-    ("Critical", "fatal"),
-    ("Error", "error"),
-    ("Warning", "warn"),
-    ("Notice", "info"),
-    ("Informational", "info"),
-    ("Debug", "debug"),
-];
-
 /// Syslog facility names (RFC 5424 table 1), indexed by code.
 const FACILITIES: [&str; 24] = [
     "kernel",
@@ -463,17 +478,18 @@ const FACILITIES: [&str; 24] = [
     "local7",
 ];
 
-/// Writes `log.syslog.*` for a `<PRI>` value; returns the level it implies.
+/// Writes `log.syslog.*` for a `<PRI>` value; returns the severity's keyword (`notice`) and
+/// its normalised level (`info`).
 pub(crate) fn syslog_pri(
     fields: &mut Map<String, Value>,
     raw: &str,
-) -> Result<&'static str, String> {
+) -> Result<(&'static str, &'static str), String> {
     let pri: u8 = match raw.parse() {
         Ok(p) if p <= 191 => p,
         _ => return Err(format!("invalid syslog priority `{}`", truncate(raw, 16))),
     };
     let (facility, severity) = (pri / 8, pri % 8);
-    let (severity_name, level) = SEVERITIES[usize::from(severity)];
+    let (keyword, severity_name, normalised) = SYSLOG_SEVERITIES[usize::from(severity)];
     fields.insert("log.syslog.priority".into(), pri.into());
     fields.insert("log.syslog.facility.code".into(), facility.into());
     fields.insert(
@@ -482,7 +498,7 @@ pub(crate) fn syslog_pri(
     );
     fields.insert("log.syslog.severity.code".into(), severity.into());
     fields.insert("log.syslog.severity.name".into(), severity_name.into());
-    Ok(level)
+    Ok((keyword, normalised))
 }
 
 /// One logfmt pair, borrowed from the line; `value` is `None` for a bare key.
@@ -491,15 +507,47 @@ pub(crate) struct Pair<'a> {
     pub value: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Iterates the `key=value key="quoted \" value" flag` pairs of a logfmt string.
-pub(crate) fn logfmt_pairs(s: &str) -> impl Iterator<Item = Pair<'_>> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    std::iter::from_fn(move || loop {
+/// The `key=value key="quoted \" value" flag` pairs of a logfmt string, in order. Reading stops
+/// at the first text that is not a pair or a bare key (an item starting with `=` or `"`, a key
+/// running into a `"`, a quote left open); [`Logfmt::unparsed`] then says where that text begins.
+pub(crate) struct Logfmt<'a> {
+    s: &'a str,
+    at: usize,
+    unparsed: Option<usize>,
+}
+
+impl<'a> Logfmt<'a> {
+    pub(crate) fn new(s: &'a str) -> Logfmt<'a> {
+        Logfmt {
+            s,
+            at: 0,
+            unparsed: None,
+        }
+    }
+
+    /// Once the pairs are read: the byte where the text that is not logfmt begins, if any.
+    pub(crate) fn unparsed(&self) -> Option<usize> {
+        self.unparsed
+    }
+
+    fn stop(&mut self, at: usize) -> Option<Pair<'a>> {
+        self.unparsed = Some(at);
+        self.at = self.s.len();
+        None
+    }
+}
+
+impl<'a> Iterator for Logfmt<'a> {
+    type Item = Pair<'a>;
+
+    fn next(&mut self) -> Option<Pair<'a>> {
+        let (s, bytes) = (self.s, self.s.as_bytes());
+        let mut i = self.at;
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
         if i >= bytes.len() {
+            self.at = i;
             return None;
         }
         let key_start = i;
@@ -511,15 +559,15 @@ pub(crate) fn logfmt_pairs(s: &str) -> impl Iterator<Item = Pair<'_>> {
             i += 1;
         }
         let key = &s[key_start..i];
-        if key.is_empty() {
-            i += 1; // a stray `=` or `"`: skip it
-            continue;
+        if key.is_empty() || bytes.get(i) == Some(&b'"') {
+            return self.stop(key_start);
         }
         if i >= bytes.len() || bytes[i] != b'=' {
+            self.at = i;
             return Some(Pair { key, value: None });
         }
         i += 1;
-        if i < bytes.len() && bytes[i] == b'"' {
+        if bytes.get(i) == Some(&b'"') {
             i += 1;
             let start = i;
             let mut escaped = false;
@@ -530,9 +578,11 @@ pub(crate) fn logfmt_pairs(s: &str) -> impl Iterator<Item = Pair<'_>> {
                 }
                 i += 1;
             }
-            let end = i.min(bytes.len());
-            i = (i + 1).min(bytes.len());
-            let raw = s.get(start..end).unwrap_or("");
+            if i >= bytes.len() {
+                return self.stop(key_start);
+            }
+            let raw = &s[start..i];
+            self.at = i + 1;
             let value = if escaped {
                 std::borrow::Cow::Owned(unescape(raw))
             } else {
@@ -547,11 +597,12 @@ pub(crate) fn logfmt_pairs(s: &str) -> impl Iterator<Item = Pair<'_>> {
         while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
             i += 1;
         }
-        return Some(Pair {
+        self.at = i;
+        Some(Pair {
             key,
             value: Some(std::borrow::Cow::Borrowed(&s[start..i])),
-        });
-    })
+        })
+    }
 }
 
 /// A logfmt key the engine gives a meaning at the top level.
@@ -575,9 +626,19 @@ pub(crate) fn known_key(key: &str) -> KnownKey {
     }
 }
 
-/// Normalised level text for a captured level.
-pub(crate) fn level(spec: &CaptureSpec, raw: &str) -> String {
-    normalise_level(spec.mapped(raw))
+impl CaptureSpec {
+    /// A captured level: the name `log.level` keeps, and its normalised level (the rule's
+    /// `normalised` table first, then the common names).
+    pub(crate) fn level(&self, raw: &str) -> (String, Option<&'static str>) {
+        let name = source_level(self.mapped(raw));
+        let normalised = self
+            .normalised
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| *l)
+            .or_else(|| normalise_level(&name));
+        (name, normalised)
+    }
 }
 
 #[cfg(test)]
@@ -638,12 +699,19 @@ mod tests {
         assert_eq!(unescape(r"\x4"), r"\x4");
     }
 
+    fn pairs(text: &str) -> (Vec<(String, Option<String>)>, Option<usize>) {
+        let mut logfmt = Logfmt::new(text);
+        let pairs = logfmt
+            .by_ref()
+            .map(|p| (p.key.to_owned(), p.value.map(|v| v.into_owned())))
+            .collect();
+        (pairs, logfmt.unparsed())
+    }
+
     #[test]
     fn logfmt_pairs_with_quotes_and_flags() {
-        let pairs: Vec<_> =
-            logfmt_pairs(r#"a=1 b="two words" c= flag d="esc \"q\"" e="unterminated"#)
-                .map(|p| (p.key.to_owned(), p.value.map(|v| v.into_owned())))
-                .collect();
+        let (pairs, unparsed) =
+            pairs(r#"a=1 b="two words" c= flag d="esc \"q\"" env#prod=1 @timestamp=x"#);
         assert_eq!(
             pairs,
             [
@@ -652,8 +720,25 @@ mod tests {
                 ("c".into(), Some("".into())),
                 ("flag".into(), None),
                 ("d".into(), Some(r#"esc "q""#.into())),
-                ("e".into(), Some("unterminated".into())),
+                ("env#prod".into(), Some("1".into())),
+                ("@timestamp".into(), Some("x".into())),
             ]
         );
+        assert_eq!(unparsed, None);
+    }
+
+    #[test]
+    fn logfmt_stops_where_the_text_is_not_pairs() {
+        for (text, read, at) in [
+            (r#"a=1 e="unterminated"#, 1, 4),
+            (r#"a=1 "quoted" b=2"#, 1, 4),
+            ("a=1 =2 b=3", 1, 4),
+            (r#"a=1 key"x" b=2"#, 1, 4),
+            ("  ", 0, usize::MAX),
+        ] {
+            let (pairs, unparsed) = pairs(text);
+            assert_eq!(pairs.len(), read, "{text}");
+            assert_eq!(unparsed.unwrap_or(usize::MAX), at, "{text}");
+        }
     }
 }

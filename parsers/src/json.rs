@@ -1,8 +1,8 @@
 //! JSON auto-detect: a message that is one JSON object becomes fields.
 //!
 //! Recognised keys: `msg`/`message` become `message`; `level`/`lvl`/`severity`/`log.level` become
-//! `log.level` (lower-cased, with `warning`→`warn`, `err`→`error`, `fatal`/`critical`→`fatal`
-//! normalisation); `time`/`ts`/`timestamp`/`@timestamp` become `@timestamp` when they parse as
+//! `log.level` (the source's name, lower-cased) and `log.level_normalized` (see `level.rs`);
+//! `time`/`ts`/`timestamp`/`@timestamp` become `@timestamp` when they parse as
 //! RFC 3339 or epoch seconds/milliseconds (the read time is kept as `event.created`). Every other
 //! key is merged at the top level, except keys that would collide with ferry's own objects
 //! (`event`, `log`, `container`, `kubernetes`, `host`, `stream`), which are kept under `json.*` so
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use ferry_wire::LogRecord;
 use serde_json::{Map, Value};
 
+use crate::level::{normalise_level, source_level, LEVEL_NORMALIZED};
 use crate::time::{epoch_to_time, format_timestamp, replace_timestamp};
 
 const RESERVED: &[&str] = &["event", "log", "container", "kubernetes", "host", "stream"];
@@ -32,6 +33,7 @@ pub fn parse_json_message(record: &mut LogRecord) -> bool {
 
 fn merge(record: &mut LogRecord, object: Map<String, Value>) {
     let mut message = None;
+    let mut normalised = None;
     let mut nested = Map::new();
     for (key, value) in object {
         match key.as_str() {
@@ -39,7 +41,10 @@ fn merge(record: &mut LogRecord, object: Map<String, Value>) {
                 message = value.as_str().map(str::to_owned);
             }
             "level" | "lvl" | "severity" | "log.level" if value.is_string() => {
-                record.log.level = value.as_str().map(normalise_level);
+                if let Some(name) = value.as_str() {
+                    record.log.level = Some(source_level(name));
+                    normalised = normalise_level(name);
+                }
             }
             "time" | "ts" | "timestamp" | "@timestamp" if set_time(record, &value) => {}
             k if RESERVED.contains(&k) || record.fields.contains_key(k) => {
@@ -53,24 +58,12 @@ fn merge(record: &mut LogRecord, object: Map<String, Value>) {
     if !nested.is_empty() {
         record.fields.insert("json".into(), Value::Object(nested));
     }
+    if let Some(n) = normalised {
+        record.fields.insert(LEVEL_NORMALIZED.into(), n.into());
+    }
     if let Some(m) = message {
         record.message = m;
     }
-}
-
-/// Normalises a level name: `WARNING`, `Warn`, `W` → `warn`, etc. Unknown names are lower-cased.
-pub fn normalise_level(level: &str) -> String {
-    let lower = level.trim().to_ascii_lowercase();
-    match lower.as_str() {
-        "w" | "warn" | "warning" => "warn",
-        "e" | "err" | "error" => "error",
-        "i" | "info" | "information" | "notice" => "info",
-        "d" | "debug" => "debug",
-        "t" | "trace" => "trace",
-        "f" | "fatal" | "crit" | "critical" | "emerg" | "alert" | "panic" => "fatal",
-        _ => return lower,
-    }
-    .to_string()
 }
 
 fn set_time(record: &mut LogRecord, value: &Value) -> bool {
@@ -111,7 +104,12 @@ mod tests {
         );
         assert!(parse_json_message(&mut r));
         assert_eq!(r.message, "disk almost full");
-        assert_eq!(r.log.level.as_deref(), Some("warn"));
+        assert_eq!(
+            r.log.level.as_deref(),
+            Some("warning"),
+            "the source's own name"
+        );
+        assert_eq!(r.fields[LEVEL_NORMALIZED], "warn");
         assert_eq!(r.timestamp, "2026-11-27T09:00:00.500Z");
         assert_eq!(r.event.created.as_deref(), Some("2026-11-28T08:00:00Z"));
         assert_eq!(r.fields["disk"], "/dev/sda");
@@ -144,19 +142,6 @@ mod tests {
             assert!(!parse_json_message(&mut r), "{m}");
             assert_eq!(r.message, m);
             assert!(r.fields.is_empty());
-        }
-    }
-
-    #[test]
-    fn levels_normalise() {
-        for (i, o) in [
-            ("W", "warn"),
-            ("Warn", "warn"),
-            ("ERR", "error"),
-            ("critical", "fatal"),
-            ("Verbose", "verbose"),
-        ] {
-            assert_eq!(normalise_level(i), o);
         }
     }
 

@@ -29,14 +29,23 @@
 //! pid = { field = "process.pid", type = "int" }
 //! role = { field = "redis.log.role", map = { M = "master", S = "replica" } }
 //! time = { field = "@timestamp", type = "timestamp", formats = ["%d %b %Y %H:%M:%S%.f"] }
-//! level = { field = "log.level", map = { "." = "debug", "*" = "info", "#" = "warn" } }
+//! level = { field = "log.level", map = { "." = "debug", "-" = "verbose", "*" = "notice", "#" = "warning" }, normalised = { verbose = "debug" } }
 //! message = "message"                  # shorthand for a string field
 //! ```
 //! Types: `string` (default; `unescape = true` undoes `\"`/`\xHH`), `int`, `float`, `bool`,
 //! `ip` (validated, kept as text), `timestamp` (`formats`: strftime patterns, `rfc3339`,
 //! `epoch_seconds`, `epoch_millis`, `epoch`; no offset = UTC; no year = the read time's year),
-//! `syslog_pri` (`log.syslog.*` from `<PRI>`), `kv` (logfmt pairs → fields). A `[rule.multiline]`
-//! block ([`MultilineConfig`]) makes the agent join lines before the pattern runs.
+//! `syslog_pri` (`log.syslog.*` from `<PRI>`), `kv` (logfmt pairs → fields; text that is not
+//! pairs stops the reading and is kept in `logfmt.unparsed`, with `parse.error` saying where).
+//! A `[rule.multiline]` block ([`MultilineConfig`]) makes the agent join lines before the
+//! pattern runs.
+//!
+//! # Levels
+//! `log.level` keeps the source's own severity name, lower-cased, after the capture's `map`
+//! (nginx's `notice`, syslog's `err`, PostgreSQL's `log`); `log.level_normalized` beside it is
+//! one of `trace`, `debug`, `info`, `warn`, `error`, `fatal`, from the capture's `normalised`
+//! table, then the common names ([`normalise_level`]). A name neither knows has no normalised
+//! field. JSON and logfmt levels follow the same rule.
 //!
 //! # Hot path
 //! Rules compile once at load, each pattern twice: for the regex crate and, when it begins
@@ -53,6 +62,7 @@
 mod field;
 mod greedy;
 mod json;
+mod level;
 mod multiline;
 mod ops;
 mod rule;
@@ -60,7 +70,8 @@ mod set;
 mod time;
 mod typed;
 
-pub use json::{normalise_level, parse_json_message};
+pub use json::parse_json_message;
+pub use level::{normalise_level, LEVEL_NORMALIZED};
 pub use multiline::{Joined, Line, Multiline, MultilineConfig, MultilineJoiner, Pushed};
 pub use ops::{check_rule_files, flatten_record, parse_lines, ParseLinesError, ParseSummary};
 pub use rule::{RuleError, RuleErrorKind};

@@ -14,14 +14,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::field::{
-    has_backslash, insert, insert_segments, known_key, level, logfmt_pairs, syslog_pri, truncate,
-    CaptureConfig, CaptureSpec, Kind, KnownKey, Target,
+    has_backslash, insert, insert_segments, known_key, syslog_pri, truncate, CaptureConfig,
+    CaptureSpec, Kind, KnownKey, Logfmt, Target,
 };
 use crate::greedy::{self, Greedy};
-use crate::json::normalise_level;
+use crate::level::{normalise_level, source_level, LEVEL_NORMALIZED};
 use crate::multiline::{Multiline, MultilineConfig};
 use crate::time::{epoch_to_time, format_timestamp, replace_timestamp, ReadTime};
-use crate::typed::{FieldTree, Slots};
+use crate::typed::{FieldTree, Slots, Typed};
 use ferry_wire::LogRecord;
 
 /// A rule file problem: which file, which rule (when the problem is inside one), and what.
@@ -449,15 +449,23 @@ impl Rule {
                     }
                     if kv.level.is_some() {
                         log.level = kv.level;
+                        match kv.normalised {
+                            Some(n) => fields.insert(LEVEL_NORMALIZED.into(), n.into()),
+                            None => fields.remove(LEVEL_NORMALIZED),
+                        };
                     }
                     if let Some(t) = kv.time {
                         time = Some(format_timestamp(t));
                     }
+                    if let Some(e) = kv.unparsed {
+                        error.get_or_insert(e);
+                    }
                 }
                 (_, Kind::SyslogPri) => match syslog_pri(fields, raw) {
-                    Ok(level) => {
+                    Ok((keyword, normalised)) => {
                         if log.level.is_none() {
-                            log.level = Some(level.to_owned());
+                            log.level = Some(keyword.to_owned());
+                            fields.insert(LEVEL_NORMALIZED.into(), normalised.into());
                         }
                     }
                     Err(e) => {
@@ -472,7 +480,20 @@ impl Rule {
                         NewMessage::Owned(spec.text(text))
                     });
                 }
-                (Target::Level, _) => log.level = Some(level(spec, raw)),
+                (Target::Level, _) => {
+                    let (name, normalised) = spec.level(raw);
+                    log.level = Some(name);
+                    match normalised {
+                        Some(n) if self.map_only => {
+                            fields.insert(LEVEL_NORMALIZED.into(), n.into());
+                        }
+                        Some(n) => slots.set(i, Typed::Static(n)),
+                        None if self.map_only => {
+                            fields.remove(LEVEL_NORMALIZED);
+                        }
+                        None => {}
+                    }
+                }
                 (Target::Timestamp, Kind::Timestamp(formats)) => {
                     let capture = std::ptr::from_ref(spec) as usize;
                     match slots.times.parse(capture, raw, formats, &mut read_time) {
@@ -528,8 +549,14 @@ pub(crate) fn set_parse_error(fields: &mut Map<String, Value>, error: String, ru
 struct KvOut {
     message: Option<String>,
     level: Option<String>,
+    normalised: Option<&'static str>,
     time: Option<chrono::DateTime<chrono::Utc>>,
+    /// What `parse.error` says when part of the text is not logfmt.
+    unparsed: Option<String>,
 }
+
+/// Where the text a logfmt capture could not read goes.
+const KV_UNPARSED: [&str; 2] = ["logfmt", "unparsed"];
 
 /// Top-level keys a logfmt line may not write directly: they go under `logfmt.*`.
 const KV_RESERVED: &[&str] = &[
@@ -547,7 +574,8 @@ const KV_RESERVED: &[&str] = &[
 
 fn merge_kv(raw: &str, prefix: Option<&[String]>, fields: &mut Map<String, Value>) -> KvOut {
     let mut out = KvOut::default();
-    for pair in logfmt_pairs(raw) {
+    let mut pairs = Logfmt::new(raw);
+    for pair in pairs.by_ref() {
         let value = match &pair.value {
             Some(v) => Value::String(v.to_string()),
             None => Value::Bool(true),
@@ -567,7 +595,8 @@ fn merge_kv(raw: &str, prefix: Option<&[String]>, fields: &mut Map<String, Value
                 continue;
             }
             KnownKey::Level if !text.is_empty() => {
-                out.level = Some(normalise_level(text));
+                out.level = Some(source_level(text));
+                out.normalised = normalise_level(text);
                 continue;
             }
             KnownKey::Time => {
@@ -612,6 +641,15 @@ fn merge_kv(raw: &str, prefix: Option<&[String]>, fields: &mut Map<String, Value
         } else {
             insert_segments(fields, key_segments(pair.key), value);
         }
+    }
+    if let Some(at) = pairs.unparsed() {
+        let rest = raw[at..].trim_end();
+        out.unparsed = Some(format!(
+            "logfmt: text from byte {at} is not key=value pairs: `{}` (kept in {})",
+            truncate(rest, 64),
+            KV_UNPARSED.join(".")
+        ));
+        insert_segments(fields, KV_UNPARSED, Value::String(rest.to_owned()));
     }
     out
 }

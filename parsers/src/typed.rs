@@ -10,6 +10,7 @@
 use serde_json::{Map, Number, Value};
 
 use crate::field::{insert, CaptureSpec, FieldPath, Target};
+use crate::level::LEVEL_NORMALIZED;
 use crate::time::TimeCache;
 use ferry_wire::Escapes;
 
@@ -20,6 +21,8 @@ pub(crate) enum Typed {
     Span(usize, usize),
     /// A value that is not a span of the line (mapped or unescaped).
     Owned(String),
+    /// A fixed text that needs no JSON escaping (a normalised level).
+    Static(&'static str),
     Int(i64),
     /// Always finite.
     Float(f64),
@@ -31,6 +34,7 @@ impl Typed {
         match self {
             Typed::Span(s, e) => Value::String(text[*s..*e].to_owned()),
             Typed::Owned(s) => Value::String(s.clone()),
+            Typed::Static(s) => Value::String((*s).to_owned()),
             Typed::Int(n) => Value::from(*n),
             Typed::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
             Typed::Bool(b) => Value::Bool(*b),
@@ -49,6 +53,7 @@ impl Typed {
             Typed::Owned(s) => {
                 ferry_wire::write_str(out, s);
             }
+            Typed::Static(s) => ferry_wire::write_plain_str(out, s),
             Typed::Int(n) => ferry_wire::write_i64(out, *n),
             Typed::Float(_) => serde_json::to_writer(&mut *out, &self.to_value(text))
                 .expect("writing to a Vec cannot fail"),
@@ -113,8 +118,12 @@ impl Slots {
     ) {
         let text = self.text(message);
         for (spec, value) in captures.iter().zip(&self.values) {
-            if let (Target::Field(path), Some(v)) = (&spec.target, value) {
-                insert(fields, path, v.to_value(text));
+            match (&spec.target, value) {
+                (Target::Field(path), Some(v)) => insert(fields, path, v.to_value(text)),
+                (Target::Level, Some(v)) => {
+                    fields.insert(LEVEL_NORMALIZED.into(), v.to_value(text));
+                }
+                _ => {}
             }
         }
     }
@@ -145,16 +154,16 @@ struct Node {
 }
 
 impl FieldTree {
-    /// Builds the tree of the captures that target fields.
+    /// Builds the tree of the captures that target fields (a level capture's slot holds the
+    /// normalised level).
     pub(crate) fn new(captures: &[CaptureSpec]) -> FieldTree {
         let mut tree = FieldTree::default();
         for (i, spec) in captures.iter().enumerate() {
-            let Target::Field(path) = &spec.target else {
-                continue;
-            };
-            let segments: Vec<&str> = match path {
-                FieldPath::Nested(s) => s.iter().map(String::as_str).collect(),
-                FieldPath::Dotted(d) => vec![d.as_str()],
+            let segments: Vec<&str> = match &spec.target {
+                Target::Field(FieldPath::Nested(s)) => s.iter().map(String::as_str).collect(),
+                Target::Field(FieldPath::Dotted(d)) => vec![d.as_str()],
+                Target::Level => vec![LEVEL_NORMALIZED],
+                Target::Message | Target::Timestamp => continue,
             };
             let mut level = &mut tree.top;
             for (depth, seg) in segments.iter().enumerate() {

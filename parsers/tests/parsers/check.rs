@@ -166,8 +166,10 @@ m = "message"
     selection.apply(&mut r, &mut Scratch::new());
     assert_eq!(
         (r.message.as_str(), r.log.level.as_deref()),
-        ("card declined", Some("warn"))
+        ("card declined", Some("warning")),
+        "log.level keeps the source's name"
     );
+    assert_eq!(r.fields["log.level_normalized"], "warn");
     assert_eq!(r.timestamp, "2026-11-28T08:00:00.123Z");
     let mut r = record("WARNING [next tuesday] card declined");
     selection.apply(&mut r, &mut Scratch::new());
