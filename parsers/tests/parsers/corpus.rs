@@ -1,6 +1,12 @@
-//! Every built-in rule against `rules/corpus/<rule>.txt`; the expected events are
-//! `rules/corpus/<rule>.jsonl` (one flattened JSON object per event, as `ferry parse` prints
-//! them). Set `FERRY_BLESS=1` to rewrite the expectations after reviewing a change.
+//! Every built-in rule against `rules/corpus/<rule>.txt`, the shapes the rule was written for,
+//! and `rules/corpus/<rule>.variants.txt`, the variants real software writes (syslog without a
+//! host, logfmt with bare keys, Apache's ErrorLogFormat forms, …); the expected events are the
+//! `.jsonl` beside each (one flattened JSON object per event, as `ferry parse` prints them),
+//! written by hand for the variants. The benchmarks read only `<rule>.txt`, so their figures
+//! compare across changes to the variants. Set `FERRY_BLESS=1` to rewrite the expectations after
+//! reviewing a change.
+
+use std::path::Path;
 
 use ferry_parsers::{parse_lines, RuleSet, Scratch};
 use serde_json::Value;
@@ -9,67 +15,107 @@ use crate::util::{corpus_dir, record, READ_TIME};
 
 const MULTILINE: &[&str] = &["go_panic", "java_exception", "python_traceback"];
 
+/// The rules whose variants corpus must exist (the families the rule library was extended for).
+const WITH_VARIANTS: &[&str] = &[
+    "nginx_access",
+    "nginx_error",
+    "apache_access",
+    "apache_error",
+    "syslog_rfc3164",
+    "syslog_rfc5424",
+    "logfmt",
+    "klog",
+    "postgresql",
+    "redis",
+];
+
+/// The text of a rule's corpora: `<rule>.txt`, then `<rule>.variants.txt` when there is one.
+fn corpus_texts(name: &str) -> Vec<String> {
+    ["", ".variants"]
+        .iter()
+        .filter_map(|suffix| {
+            std::fs::read_to_string(corpus_dir().join(format!("{name}{suffix}.txt"))).ok()
+        })
+        .collect()
+}
+
+/// Parses one corpus file with `rule` and compares the events with the expectations beside it;
+/// returns the events, or what differs.
+fn check_corpus(set: &RuleSet, rule: &str, input_path: &Path) -> Result<Vec<Value>, Vec<String>> {
+    let label = input_path.file_name().unwrap().to_string_lossy();
+    let expected_path = input_path.with_extension("jsonl");
+    let input = std::fs::read_to_string(input_path)
+        .unwrap_or_else(|e| panic!("{rule}: no corpus at {}: {e}", input_path.display()));
+    let mut out = Vec::new();
+    let summary = parse_lines(set, rule, input.as_bytes(), &mut out, Some(READ_TIME)).unwrap();
+    let got = String::from_utf8(out).unwrap();
+    if summary.missed != 0 {
+        let missed: Vec<&str> = got
+            .lines()
+            .filter(|l| l.contains("\"parse.error\"") && !l.contains("logfmt.unparsed"))
+            .collect();
+        if !missed.is_empty() {
+            return Err(vec![format!(
+                "{label}: lines the rule does not read:\n{}",
+                missed.join("\n")
+            )]);
+        }
+    }
+    if std::env::var_os("FERRY_BLESS").is_some() {
+        std::fs::write(&expected_path, &got).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+        panic!(
+            "{label}: no expectations at {}: {e}",
+            expected_path.display()
+        )
+    });
+    let got: Vec<Value> = got
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<Value> = expected
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: invalid line {l}: {e}", expected_path.display()))
+        })
+        .collect();
+    if got.len() != want.len() {
+        return Err(vec![format!(
+            "{label}: {} events, expected {}",
+            got.len(),
+            want.len()
+        )]);
+    }
+    let failures: Vec<String> = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (g, w))| g != w)
+        .map(|(i, (g, w))| format!("{label} event {}:\n  got  {g}\n  want {w}", i + 1))
+        .collect();
+    if failures.is_empty() {
+        Ok(got)
+    } else {
+        Err(failures)
+    }
+}
+
 #[test]
 fn every_builtin_rule_passes_its_corpus() {
     let set = RuleSet::builtin();
-    let bless = std::env::var_os("FERRY_BLESS").is_some();
     let mut failures = Vec::new();
     let names: Vec<String> = set.rule_names().map(str::to_owned).collect();
     for name in &names {
-        let input_path = corpus_dir().join(format!("{name}.txt"));
-        let expected_path = corpus_dir().join(format!("{name}.jsonl"));
-        let input = std::fs::read_to_string(&input_path)
-            .unwrap_or_else(|e| panic!("{name}: no corpus at {}: {e}", input_path.display()));
-        let mut out = Vec::new();
-        let summary = parse_lines(&set, name, input.as_bytes(), &mut out, Some(READ_TIME)).unwrap();
-        assert!(
-            summary.lines >= 20,
-            "{name}: only {} corpus lines",
-            summary.lines
-        );
-        let got = String::from_utf8(out).unwrap();
-        if summary.missed != 0 {
-            let missed: Vec<&str> = got
-                .lines()
-                .filter(|l| l.contains("\"parse.error\""))
-                .collect();
-            failures.push(format!(
-                "{name}: lines the rule does not read:\n{}",
-                missed.join("\n")
-            ));
-            continue;
-        }
-        if bless {
-            std::fs::write(&expected_path, &got).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-            panic!(
-                "{name}: no expectations at {}: {e}",
-                expected_path.display()
-            )
-        });
-        let got: Vec<Value> = got
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let want: Vec<Value> = expected
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if got.len() != want.len() {
-            failures.push(format!(
-                "{name}: {} events, expected {}",
-                got.len(),
-                want.len()
-            ));
-            continue;
-        }
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            if g != w {
-                failures.push(format!("{name} event {}:\n  got  {g}\n  want {w}", i + 1));
+        let got = match check_corpus(&set, name, &corpus_dir().join(format!("{name}.txt"))) {
+            Ok(got) => got,
+            Err(f) => {
+                failures.extend(f);
+                continue;
             }
-        }
+        };
+        assert!(got.len() >= 10, "{name}: only {} corpus events", got.len());
         if MULTILINE.contains(&name.as_str()) {
             let joined = got.iter().filter(|e| e.get("log.flags").is_some()).count();
             assert!(joined >= 3, "{name}: only {joined} joined events");
@@ -91,6 +137,36 @@ fn every_builtin_rule_passes_its_corpus() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Every variant line is read (no `parse.error`, except logfmt's flagged partial lines, which
+/// must say what they did not read) and gives the fields written by hand.
+#[test]
+fn every_variant_corpus_passes() {
+    let set = RuleSet::builtin();
+    let mut failures = Vec::new();
+    for name in WITH_VARIANTS {
+        let path = corpus_dir().join(format!("{name}.variants.txt"));
+        if !path.exists() {
+            failures.push(format!("{name}: no variants corpus at {}", path.display()));
+            continue;
+        }
+        match check_corpus(&set, name, &path) {
+            Ok(got) => {
+                assert!(got.len() >= 5, "{name}: only {} variant lines", got.len());
+                for event in &got {
+                    let partial = event.get("logfmt.unparsed").is_some();
+                    assert_eq!(
+                        event.get("parse.error").is_some(),
+                        partial,
+                        "{name}: only a partial logfmt line may carry parse.error: {event}"
+                    );
+                }
+            }
+            Err(f) => failures.extend(f),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn single_line_rules_reject_each_others_lines() {
     // An access line is not an error line, a klog line not a redis line, and so on: the corpora
@@ -106,14 +182,15 @@ fn single_line_rules_reject_each_others_lines() {
     ];
     for rule in singles {
         for other in singles.iter().filter(|o| **o != rule) {
-            let input = std::fs::read_to_string(corpus_dir().join(format!("{other}.txt"))).unwrap();
-            let mut out = Vec::new();
-            let summary =
-                parse_lines(&set, rule, input.as_bytes(), &mut out, Some(READ_TIME)).unwrap();
-            assert_eq!(
-                summary.missed, summary.events,
-                "{rule} matched lines of {other}"
-            );
+            for input in corpus_texts(other) {
+                let mut out = Vec::new();
+                let summary =
+                    parse_lines(&set, rule, input.as_bytes(), &mut out, Some(READ_TIME)).unwrap();
+                assert_eq!(
+                    summary.missed, summary.events,
+                    "{rule} matched lines of {other}"
+                );
+            }
         }
     }
 }
@@ -128,9 +205,10 @@ fn typed_fields_make_the_same_document_as_the_field_map() {
     let names: Vec<String> = set.rule_names().map(str::to_owned).collect();
     let mut lines = Vec::new();
     for name in &names {
-        let text = std::fs::read_to_string(corpus_dir().join(format!("{name}.txt"))).unwrap();
-        lines.extend(text.lines().map(str::to_owned));
-        lines.push(text); // the whole file: multiline rules see joined events
+        for text in corpus_texts(name) {
+            lines.extend(text.lines().map(str::to_owned));
+            lines.push(text); // the whole file: multiline rules see joined events
+        }
     }
     lines.push(r#"{"level":"warn","msg":"json line","n":1}"#.to_owned());
     let mut selections: Vec<_> = names.iter().map(|n| set.select(Some(n), None)).collect();
