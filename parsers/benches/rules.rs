@@ -8,6 +8,13 @@
 //!   `captures_read` only, over the same nginx lines, so figures compare with the peers'.
 //! - `auto/nginx`: the same lines through auto-detection (JSON check, `RegexSet`, rule).
 //! - `multiline/<name>`: joiner + rule over the multiline corpora.
+//! - `variants/<name>`: the rule over its variants corpus (`rules/corpus/<name>.variants.txt`:
+//!   syslog without a host, logfmt bare keys, Apache ErrorLogFormat forms, …). The `rule/` inputs
+//!   stay `<name>.txt`, so their figures compare across changes to the variants.
+//! - `walk_or_regex/<case>`: one line the greedy walk settles against the same line in the shape
+//!   the pattern leaves to the regex (a syslog line without its host, an nginx request line
+//!   that begins with a capital but is not `METHOD url HTTP/x`, a logfmt bare key between the
+//!   first two pairs): what a variant costs when the walk cannot follow it.
 //!
 //! Each measures the whole per-record work of the agent: message in, the record's JSON out (the
 //! rule's typed fields written straight into it, as the tailer does), record and buffer reused.
@@ -261,12 +268,95 @@ fn multiline_rules(c: &mut Criterion) {
     group.finish();
 }
 
+fn repeated(lines: &[String]) -> Vec<String> {
+    // Repeat to ~200 KiB so a batch is not all in L1.
+    let reps = (200 * 1024 / bytes(lines) as usize).max(1);
+    lines
+        .iter()
+        .cycle()
+        .take(lines.len() * reps)
+        .cloned()
+        .collect()
+}
+
+fn variants(c: &mut Criterion) {
+    let set = RuleSet::builtin();
+    let mut group = c.benchmark_group("variants");
+    for name in [
+        "nginx_access",
+        "nginx_error",
+        "apache_access",
+        "apache_error",
+        "syslog_rfc3164",
+        "syslog_rfc5424",
+        "logfmt",
+        "klog",
+        "postgresql",
+        "redis",
+    ] {
+        let text = corpus(&format!("{name}.variants"));
+        let lines = repeated(&text.lines().map(str::to_owned).collect::<Vec<_>>());
+        note(&format!("{name}.variants"), &lines);
+        let selection = set.select(Some(name), None);
+        let (mut record, mut scratch) = (LogRecord::default(), Scratch::new());
+        group.throughput(Throughput::Bytes(bytes(&lines)));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &lines, |b, lines| {
+            b.iter(|| run(&selection, lines, &mut record, &mut scratch))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("walk_or_regex");
+    let cases = [
+        (
+            "syslog_rfc3164",
+            "with_host",
+            "<134>Nov 28 08:00:00 lb-1 haproxy[812]: 10.0.0.1:51234 [28/Nov/2026:08:00:00.123] http-in servers/web1 0/0/1/12/13 200 512",
+        ),
+        (
+            "syslog_rfc3164",
+            "without_host",
+            "<134>Nov 28 08:00:00 haproxy[812]: 10.0.0.1:51234 [28/Nov/2026:08:00:00.123] http-in servers/web1 0/0/1/12/13 200 512",
+        ),
+        (
+            "nginx_access",
+            "request",
+            r#"198.51.100.7 - - [28/Nov/2026:08:00:01 +0000] "GET /search?q=a+b HTTP/1.1" 400 150 "-" "curl/8.4.0""#,
+        ),
+        (
+            "nginx_access",
+            "malformed_request",
+            r#"198.51.100.7 - - [28/Nov/2026:08:00:01 +0000] "GET /search?q=a b HTTP/1.1" 400 150 "-" "curl/8.4.0""#,
+        ),
+        (
+            "logfmt",
+            "pairs",
+            r#"ts=2026-11-28T08:00:00Z level=debug msg="verbose mode on" component=scheduler hit"#,
+        ),
+        (
+            "logfmt",
+            "bare_key_second",
+            r#"ts=2026-11-28T08:00:00Z debug msg="verbose mode on" component=scheduler hit"#,
+        ),
+    ];
+    for (rule, case, line) in cases {
+        let lines = repeated(&[line.to_owned()]);
+        let selection = set.select(Some(rule), None);
+        let (mut record, mut scratch) = (LogRecord::default(), Scratch::new());
+        group.throughput(Throughput::Bytes(bytes(&lines)));
+        group.bench_with_input(BenchmarkId::new(rule, case), &lines, |b, lines| {
+            b.iter(|| run(&selection, lines, &mut record, &mut scratch))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = single_line_rules, reference_and_auto, multiline_rules
+    targets = single_line_rules, reference_and_auto, multiline_rules, variants
 }
 criterion_main!(benches);
