@@ -8,6 +8,9 @@
 //!   `captures_read` only, over the same nginx lines, so figures compare with the peers'.
 //! - `auto/nginx`: the same lines through auto-detection (JSON check, `RegexSet`, rule).
 //! - `multiline/<name>`: joiner + rule over the multiline corpora.
+//! - `regex_only/<name>`: the rule's pattern through the regex crate alone (`captures_read`,
+//!   no fields) over `rules/corpus/<name>.txt`: what a line costs when the greedy walk leaves it
+//!   to the regex (a pattern it cannot follow, a byte outside ASCII, a shape it gives up on).
 //! - `variants/<name>`: the rule over its variants corpus (`rules/corpus/<name>.variants.txt`:
 //!   syslog without a host, logfmt bare keys, Apache ErrorLogFormat forms, …). The `rule/` inputs
 //!   stay `<name>.txt`, so their figures compare across changes to the variants.
@@ -268,6 +271,53 @@ fn multiline_rules(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every built-in single-line rule's pattern, by name, as its rule file writes it.
+fn patterns() -> Vec<(String, String)> {
+    let files = [
+        include_str!("../rules/nginx.toml"),
+        include_str!("../rules/apache.toml"),
+        include_str!("../rules/syslog.toml"),
+        include_str!("../rules/logfmt.toml"),
+        include_str!("../rules/klog.toml"),
+        include_str!("../rules/postgresql.toml"),
+        include_str!("../rules/redis.toml"),
+    ];
+    let mut out = Vec::new();
+    for text in files {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        for rule in table["rule"].as_array().unwrap() {
+            out.push((
+                rule["name"].as_str().unwrap().to_owned(),
+                rule["pattern"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn regex_only(c: &mut Criterion) {
+    let mut group = c.benchmark_group("regex_only");
+    for (name, pattern) in patterns() {
+        let text = corpus(&name);
+        let lines = repeated(&text.lines().map(str::to_owned).collect::<Vec<_>>());
+        let re = regex::Regex::new(&pattern).unwrap();
+        let mut locs = re.capture_locations();
+        group.throughput(Throughput::Bytes(bytes(&lines)));
+        group.bench_function(&name, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for line in &lines {
+                    if re.captures_read(&mut locs, line).is_some() {
+                        n += locs.get(1).map_or(0, |(_, e)| e);
+                    }
+                }
+                n
+            })
+        });
+    }
+    group.finish();
+}
+
 fn repeated(lines: &[String]) -> Vec<String> {
     // Repeat to ~200 KiB so a batch is not all in L1.
     let reps = (200 * 1024 / bytes(lines) as usize).max(1);
@@ -357,6 +407,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = single_line_rules, reference_and_auto, multiline_rules, variants
+    targets = single_line_rules, reference_and_auto, multiline_rules, regex_only, variants
 }
 criterion_main!(benches);
