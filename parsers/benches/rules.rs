@@ -19,13 +19,19 @@
 //!   that begins with a capital but is not `METHOD url HTTP/x`, a logfmt bare key between the
 //!   first two pairs): what a variant costs when the walk cannot follow it.
 //!
+//! On a shared machine, set `FERRY_BENCH_CPU_TIME=1` to measure the benchmark thread's on-CPU
+//! time (`/proc/thread-self/schedstat`) instead of wall time: time the core spends on other
+//! processes is then not counted, so figures taken under different loads compare (baselines
+//! saved with one measurement compare only with runs of the same one).
+//!
 //! Each measures the whole per-record work of the agent: message in, the record's JSON out (the
 //! rule's typed fields written straight into it, as the tailer does), record and buffer reused.
 //! Throughput is bytes of input; lines/s = bytes/s ÷ the mean line length printed at start.
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use ferry_parsers::{Line, RuleSet, Scratch, Selection};
 use ferry_wire::LogRecord;
 
@@ -131,7 +137,7 @@ fn note(name: &str, lines: &[String]) {
     );
 }
 
-fn single_line_rules(c: &mut Criterion) {
+fn single_line_rules<M: Measurement>(c: &mut Criterion<M>) {
     let set = RuleSet::builtin();
     let mut group = c.benchmark_group("rule");
     let nginx = nginx_lines(5000);
@@ -174,7 +180,7 @@ fn single_line_rules(c: &mut Criterion) {
     group.finish();
 }
 
-fn reference_and_auto(c: &mut Criterion) {
+fn reference_and_auto<M: Measurement>(c: &mut Criterion<M>) {
     let lines = nginx_lines(5000);
     let mut group = c.benchmark_group("reference");
     group.throughput(Throughput::Bytes(bytes(&lines)));
@@ -221,7 +227,7 @@ fn reference_and_auto(c: &mut Criterion) {
     group.finish();
 }
 
-fn multiline_rules(c: &mut Criterion) {
+fn multiline_rules<M: Measurement>(c: &mut Criterion<M>) {
     let set = RuleSet::builtin();
     let mut group = c.benchmark_group("multiline");
     for name in ["go_panic", "java_exception", "python_traceback"] {
@@ -295,7 +301,7 @@ fn patterns() -> Vec<(String, String)> {
     out
 }
 
-fn regex_only(c: &mut Criterion) {
+fn regex_only<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("regex_only");
     for (name, pattern) in patterns() {
         let text = corpus(&name);
@@ -329,7 +335,7 @@ fn repeated(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn variants(c: &mut Criterion) {
+fn variants<M: Measurement>(c: &mut Criterion<M>) {
     let set = RuleSet::builtin();
     let mut group = c.benchmark_group("variants");
     for name in [
@@ -401,12 +407,67 @@ fn variants(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
+/// The benchmark thread's time on a CPU (see the module docs).
+struct CpuTime;
+
+/// Nanoseconds the calling thread has run on a CPU.
+fn on_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("FERRY_BENCH_CPU_TIME needs /proc/thread-self/schedstat (Linux)")
+}
+
+/// Values are nanoseconds, as wall time's are: its formatter prints them.
+static WALL_TIME: WallTime = WallTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = Duration;
+
+    fn start(&self) -> u64 {
+        on_cpu_ns()
+    }
+
+    fn end(&self, start: u64) -> Duration {
+        Duration::from_nanos(on_cpu_ns().saturating_sub(start))
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL_TIME.formatter()
+    }
+}
+
+fn run_all<M: Measurement>(c: Criterion<M>) {
+    let mut c = c
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
-    targets = single_line_rules, reference_and_auto, multiline_rules, regex_only, variants
+        .sample_size(20)
+        .configure_from_args();
+    single_line_rules(&mut c);
+    reference_and_auto(&mut c);
+    multiline_rules(&mut c);
+    regex_only(&mut c);
+    variants(&mut c);
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("FERRY_BENCH_CPU_TIME").is_some() {
+        run_all(Criterion::default().with_measurement(CpuTime));
+    } else {
+        run_all(Criterion::default());
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

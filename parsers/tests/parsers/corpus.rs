@@ -243,3 +243,33 @@ fn typed_fields_make_the_same_document_as_the_field_map() {
     }
     assert!(compared > 1000, "only {compared} documents compared");
 }
+
+/// The limit nginx.toml states: a request line that begins with a capital letter but is not
+/// `METHOD url [HTTP/x]` is refused (the line kept whole, with `parse.error`), while one that
+/// begins otherwise (a TLS handshake) is kept in `http.request.original`.
+#[test]
+fn nginx_access_keeps_a_handshake_and_refuses_capitalised_junk() {
+    let set = RuleSet::builtin();
+    let selection = set.select(Some("nginx_access"), None);
+    let mut scratch = Scratch::new();
+    let handshake =
+        r#"192.0.2.10 - - [28/Nov/2026:08:00:00 +0000] "\x16\x03\x01\x00\xF1" 400 157 "-" "-""#;
+    let mut r = record(handshake);
+    selection.apply(&mut r, &mut scratch);
+    assert_eq!(
+        r.fields["http"]["request"]["original"],
+        r"\x16\x03\x01\x00\xF1"
+    );
+    assert_eq!(r.fields["source"]["ip"], "192.0.2.10");
+    for junk in [
+        r#"203.0.113.9 - - [28/Nov/2026:08:00:03 +0000] "SSH-2.0-Go" 400 157 "-" "-""#,
+        r#"203.0.113.9 - - [28/Nov/2026:08:00:02 +0000] "PROPFIND" 400 157 "-" "-""#,
+        r#"198.51.100.7 - - [28/Nov/2026:08:00:01 +0000] "GET /a b HTTP/1.1" 400 150 "-" "-""#,
+    ] {
+        let mut r = record(junk);
+        selection.apply(&mut r, &mut scratch);
+        assert_eq!(r.message, junk, "the line is kept whole");
+        assert_eq!(r.fields["parse"]["rule"], "nginx_access", "{junk}");
+        assert!(r.fields.get("http").is_none(), "{junk}");
+    }
+}
