@@ -6,7 +6,7 @@
 //! Cardinality is bounded: levels are folded into a fixed set, at most [`MAX_SERIES`] line
 //! series are kept (lines of further ones are counted in
 //! `ferry_container_log_lines_overflow_total`), and a series without a line for
-//! [`IDLE_EXPIRY`] is dropped, as is an agent silent for as long. This module only counts;
+//! [`IDLE_EXPIRY`] is dropped; an agent silent for [`AGENT_EXPIRY`] is forgotten. This module only counts;
 //! [`LogLines::observe`] is the one call intake makes, with the decoded batch.
 
 use std::collections::HashMap;
@@ -21,6 +21,8 @@ use serde::Deserialize;
 pub(crate) const MAX_SERIES: usize = 10_000;
 /// A series (or agent) with nothing new for this long is dropped.
 pub(crate) const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+/// An agent silent for this long is forgotten (until then `NodeStoppedSending` can fire).
+pub(crate) const AGENT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// The levels the `level` label takes.
 fn fold_level(level: Option<&str>) -> &'static str {
@@ -170,7 +172,7 @@ impl LogLines {
             .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < IDLE_EXPIRY);
         state
             .agents
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < IDLE_EXPIRY);
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < AGENT_EXPIRY);
         let _ = writeln!(out, "# HELP ferry_container_log_lines_total Log lines received, by container, stream and level (trace, debug, info, warn, error, fatal, other, unknown).");
         let _ = writeln!(out, "# TYPE ferry_container_log_lines_total counter");
         let mut lines: Vec<_> = state.lines.iter().collect();
@@ -299,10 +301,13 @@ mod tests {
         if let Some((ok, report)) = crate::containers::server_tests::promtool_check(&out) {
             assert!(ok, "promtool: {report}\n{out}");
         }
-        // Idle series and agents go after the expiry.
+        // Idle series go after the expiry; a silent agent stays visible much longer.
         let mut later = String::new();
         lines.render_at(&mut later, t0 + IDLE_EXPIRY);
         assert!(!later.contains("name=\"web\""), "{later}");
-        assert!(!later.contains("node-1"), "{later}");
+        assert!(later.contains("{host=\"node-1\"} 100.000"), "{later}");
+        let mut much_later = String::new();
+        lines.render_at(&mut much_later, t0 + AGENT_EXPIRY);
+        assert!(!much_later.contains("node-1"), "{much_later}");
     }
 }

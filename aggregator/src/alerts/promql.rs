@@ -1,5 +1,6 @@
 //! The PromQL subset ferry evaluates, over the in-memory [`History`]: instant and range
-//! selectors (every matcher, `offset`), `rate`, `irate`, `increase`, `delta`, `*_over_time`,
+//! selectors (every matcher, `offset`), `rate`, `irate`, `increase`, `delta`, `resets`,
+//! `changes`, `*_over_time`,
 //! `absent`, `absent_over_time`, `time`, `clamp*`, `histogram_quantile`, the aggregations
 //! `sum`/`avg`/`min`/`max`/`count`/`topk`/`bottomk` with `by`/`without`, and arithmetic,
 //! comparison and set operators with `on`/`ignoring`/`group_left`/`group_right`/`bool`.
@@ -130,8 +131,10 @@ fn set_label(labels: &Labels, name: &str, value: &str) -> Labels {
     v.into()
 }
 
-const FUNCTIONS: [&str; 22] = [
+const FUNCTIONS: [&str; 24] = [
     "rate",
+    "resets",
+    "changes",
     "irate",
     "increase",
     "delta",
@@ -441,6 +444,11 @@ fn call(c: &Call, history: &History, t: i64) -> Result<Value, EvalError> {
                         "last_over_time" => points.last().map_or(f64::NAN, |p| p.1),
                         "present_over_time" => 1.0,
                         "stddev_over_time" => variance(values).sqrt(),
+                        "resets" => points.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64,
+                        "changes" => points
+                            .windows(2)
+                            .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
+                            .count() as f64,
                         _ => variance(values),
                     };
                     Sample {
