@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
 use crate::elasticsearch::ElasticsearchConfig;
 use crate::queue::ENTRY_OVERHEAD_BYTES;
 
@@ -62,6 +63,10 @@ pub struct AggregatorConfig {
     /// Default 60.
     #[serde(default = "default_stats_grace_seconds")]
     pub stats_grace_seconds: u64,
+    /// Threshold alerts: rule files, receivers, routes (see [`AlertsConfig`]). Default none:
+    /// no rules are evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// The sink that drains the durable queue.
@@ -163,6 +168,7 @@ impl Default for AggregatorConfig {
             sink: SinkConfig::default(),
             sinks: Vec::new(),
             stats_grace_seconds: default_stats_grace_seconds(),
+            alerts: None,
         }
     }
 }
@@ -321,6 +327,9 @@ impl AggregatorConfig {
                 }
                 SinkConfig::Discard => {}
             }
+        }
+        if let Some(alerts) = &self.alerts {
+            out.extend(alerts.problems());
         }
         out
     }

@@ -10,6 +10,7 @@
 //! CLI.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod config;
 mod containers;
 mod elasticsearch;
@@ -34,6 +35,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use alerts::{
+    check_rules, AlertsConfig, AlertsError, ReceiverConfig, ReceiverKind, RouteConfig, RuleError,
+};
 pub use config::{AggregatorConfig, ConfigError, SinkConfig};
 pub use elasticsearch::{ElasticsearchConfig, EsStartError, RequestCompression};
 pub use local::StoreError;
@@ -66,6 +70,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot start an Elasticsearch sink: {0}")]
     Elasticsearch(#[from] EsStartError),
+    #[error("cannot start the alert engine: {0}")]
+    Alerts(#[from] AlertsError),
     #[error("cannot start the sink thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -102,6 +108,7 @@ pub struct AggregatorHandle {
     queue: Queue,
     stop: watch::Sender<bool>,
     server: Option<tokio::task::JoinHandle<()>>,
+    alerts: Option<Arc<alerts::Engine>>,
     sinks: Vec<JoinHandle<()>>,
 }
 
@@ -170,6 +177,20 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         }
     }
     metrics.set_sinks(sink_metrics);
+    let engine = match &config.alerts {
+        Some(alerts) => {
+            let opened =
+                alerts::Engine::open(alerts, &config.data_dir, local_addr, Arc::clone(&metrics));
+            match opened {
+                Ok(engine) => Some(Arc::new(engine)),
+                Err(e) => {
+                    queue.close(Instant::now());
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     let ingest = Arc::new(server::Ingest {
         token: config.token.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -177,8 +198,12 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         retry_after_seconds: config.retry_after_seconds,
         queue: queue.clone(),
         metrics: Arc::clone(&metrics),
+        alerts: engine.clone(),
     });
     let (stop, stopped) = watch::channel(false);
+    if let Some(engine) = &engine {
+        tokio::spawn(Arc::clone(engine).run(stopped.clone()));
+    }
     let server = tokio::spawn(server::serve(listener, ingest, stopped));
     info!(
         addr = %local_addr,
@@ -193,6 +218,7 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         queue,
         stop,
         server: Some(server),
+        alerts: engine,
         sinks: threads,
     })
 }
@@ -270,6 +296,13 @@ pub mod bench_support {
     pub use crate::local::bench::Store;
 }
 
+/// The rule evaluator without the server, for the differential tests against Prometheus and
+/// the evaluation benchmark only: not an interface.
+#[doc(hidden)]
+pub mod alerts_support {
+    pub use crate::alerts::support::{Evaluator, ReportedAlert};
+}
+
 /// Where the local sink keeps its day files (`<data_dir>/store`), for `ferry search`.
 pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("store")
@@ -295,6 +328,15 @@ impl AggregatorHandle {
             records_indexed: es(ItemResult::Created),
             records_dead_lettered: es(ItemResult::DeadLettered),
             errors: m.errors(),
+        }
+    }
+
+    /// Reloads the alert rule files (what SIGHUP does); on any problem the loaded rules stay
+    /// and the problems are returned. Without alerts configured, nothing happens.
+    pub fn reload_alerts(&self) -> Result<(), AlertsError> {
+        match &self.alerts {
+            Some(engine) => engine.reload(),
+            None => Ok(()),
         }
     }
 

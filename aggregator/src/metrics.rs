@@ -97,6 +97,10 @@ pub(crate) struct Metrics {
     sink_errors: [AtomicU64; SinkError::ALL.len()],
     /// Latest container stats from the agents (cAdvisor series).
     pub(crate) containers: crate::containers::Containers,
+    /// Log lines per container, stream and level, and each agent's last batch time.
+    pub(crate) log_lines: crate::alerts::LogLines,
+    /// The alert engine's counters (set when alerts are configured).
+    alerts: std::sync::OnceLock<std::sync::Arc<crate::alerts::AlertMetrics>>,
     /// Each sink's own metrics (set once the sinks start).
     sinks: std::sync::OnceLock<Vec<std::sync::Arc<crate::sink_metrics::SinkMetrics>>>,
 }
@@ -143,6 +147,11 @@ impl Metrics {
     /// Registers the sinks' metrics (once, at start).
     pub(crate) fn set_sinks(&self, sinks: Vec<std::sync::Arc<crate::sink_metrics::SinkMetrics>>) {
         let _ = self.sinks.set(sinks);
+    }
+
+    /// Registers the alert engine's counters (once, at start).
+    pub(crate) fn set_alerts(&self, alerts: std::sync::Arc<crate::alerts::AlertMetrics>) {
+        let _ = self.alerts.set(alerts);
     }
 
     /// The sinks' metrics.
@@ -292,6 +301,10 @@ impl Metrics {
             );
         }
         crate::sink_metrics::render(&mut out, self.sinks());
+        self.log_lines.render(&mut out);
+        if let Some(alerts) = self.alerts.get() {
+            alerts.render(&mut out);
+        }
         self.containers.render(&mut out);
         out
     }

@@ -46,6 +46,8 @@ pub(crate) struct Ingest {
     pub(crate) retry_after_seconds: u64,
     pub(crate) queue: Queue,
     pub(crate) metrics: Arc<Metrics>,
+    /// The alert engine, when alerts are configured (`/api/v1/alerts`, `/api/v1/rules`).
+    pub(crate) alerts: Option<Arc<crate::alerts::Engine>>,
 }
 
 type Body = Full<Bytes>;
@@ -148,6 +150,16 @@ async fn route(ingest: &Ingest, req: Request<Incoming>) -> Response<Body> {
             );
             response
         }
+        (&Method::GET, "/api/v1/alerts" | "/api/v1/rules") => match &ingest.alerts {
+            Some(engine) if req.uri().path() == "/api/v1/alerts" => {
+                json(StatusCode::OK, engine.alerts_json())
+            }
+            Some(engine) => json(StatusCode::OK, engine.rules_json()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "alerts are not configured ([aggregator.alerts])",
+            ),
+        },
         (&Method::GET, "/health") => {
             if let Some(reason) = ingest.metrics.sink_problem() {
                 json(
@@ -277,6 +289,7 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
     };
     let max_decompressed = ingest.max_decompressed_bytes;
     let queue = ingest.queue.clone();
+    let metrics = Arc::clone(&ingest.metrics);
     let queued = tokio::task::spawn_blocking(move || {
         let batch = decode_batch(&body, compression, max_decompressed).map_err(|e| match e {
             BatchError::TooLarge { .. } => Reject::TooLarge(e.to_string()),
@@ -287,6 +300,7 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
             QueueError::Full { .. } => Reject::QueueFull,
             other => Reject::Io(format!("queueing the batch failed: {other}")),
         })?;
+        metrics.log_lines.observe(&batch);
         Ok((batch.logs.len(), batch.stats, batch.data.len()))
     })
     .await
