@@ -75,24 +75,24 @@ pub fn check(path: &Path) -> Vec<String> {
     if let Err(e) = toml::from_str::<Tables>(&text) {
         problems.push(located(path, &e));
     }
-    let agent = match toml::from_str::<AgentFile>(&text) {
+    let mut agent = match toml::from_str::<AgentFile>(&text) {
         Ok(file) => file.agent,
         Err(e) => {
             problems.push(located(path, &e));
             None
         }
     };
-    if let Some(agent) = &agent {
+    if let Some(agent) = &mut agent {
         problems.extend(check_agent(path, agent));
     }
-    let aggregator = match toml::from_str::<AggregatorFile>(&text) {
+    let mut aggregator = match toml::from_str::<AggregatorFile>(&text) {
         Ok(file) => file.aggregator,
         Err(e) => {
             problems.push(located(path, &e));
             None
         }
     };
-    if let Some(aggregator) = &aggregator {
+    if let Some(aggregator) = &mut aggregator {
         problems.extend(check_aggregator(path, aggregator));
     }
     if !table.contains_key("agent") && !table.contains_key("aggregator") {
@@ -104,9 +104,13 @@ pub fn check(path: &Path) -> Vec<String> {
     problems
 }
 
-/// The problems of an `[agent]` table (its values and the rules it names).
-fn check_agent(path: &Path, agent: &AgentConfig) -> Vec<String> {
+/// The problems of an `[agent]` table (its values, the token file and environment variable it
+/// names, which are read into it, and the rules it names).
+fn check_agent(path: &Path, agent: &mut AgentConfig) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Err(e) = agent.resolve(|name| std::env::var(name).ok()) {
+        problems.push(format!("{}: [agent] {e}", path.display()));
+    }
     if let Err(e) = agent.validate() {
         problems.push(format!("{}: [agent] {e}", path.display()));
     }
@@ -120,11 +124,13 @@ fn check_agent(path: &Path, agent: &AgentConfig) -> Vec<String> {
     problems
 }
 
-/// The problems of an `[aggregator]` table.
-fn check_aggregator(path: &Path, aggregator: &AggregatorConfig) -> Vec<String> {
+/// The problems of an `[aggregator]` table (its values, and the secret files it names, which are
+/// read into it).
+fn check_aggregator(path: &Path, aggregator: &mut AggregatorConfig) -> Vec<String> {
     aggregator
-        .problems()
-        .iter()
+        .resolve()
+        .into_iter()
+        .chain(aggregator.problems())
         .map(|e| format!("{}: [aggregator] {e}", path.display()))
         .collect()
 }
@@ -185,16 +191,16 @@ fn own_table<T: Default>(
     path: Option<&PathBuf>,
     name: &str,
     parse: fn(&str) -> Result<Option<T>, toml::de::Error>,
-    check: fn(&Path, &T) -> Vec<String>,
+    check: fn(&Path, &mut T) -> Vec<String>,
 ) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };
     let text = read(path).map_err(|p| anyhow::anyhow!(p))?;
-    let table = parse(&text)
+    let mut table = parse(&text)
         .map_err(|e| anyhow::anyhow!(located(path, &e)))?
         .with_context(|| format!("{}: no [{name}] table", path.display()))?;
-    refuse(check(path, &table))?;
+    refuse(check(path, &mut table))?;
     Ok(table)
 }
 
@@ -281,5 +287,38 @@ mod tests {
         assert_eq!(check(&path).len(), 1, "a syntax error is the one problem");
         let (_dir, path) = file(&format!("{AGENT}{AGGREGATOR}"));
         assert_eq!(check(&path), Vec::<String>::new());
+    }
+
+    #[test]
+    fn both_commands_take_the_token_from_its_file_and_the_agent_its_host_name_from_the_environment()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("ferry_token");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        // A name no other test uses: the process environment is shared by the tests.
+        std::env::set_var("FERRY_CONFIG_TEST_NODE_NAME", "node-from-env");
+        let (_dir, path) = file(&format!(
+            "[agent]\ntoken_file = {secret:?}\nhost_name_env = \"FERRY_CONFIG_TEST_NODE_NAME\"\n\
+             [aggregator]\ntoken_file = {secret:?}\n"
+        ));
+        let agent = agent(Some(&path)).unwrap();
+        assert_eq!(agent.token.as_deref(), Some("s3cret"));
+        assert_eq!(agent.host_name, "node-from-env");
+        let aggregator = aggregator(Some(&path)).unwrap();
+        assert_eq!(aggregator.token.as_deref(), Some("s3cret"));
+        assert_eq!(check(&path), Vec::<String>::new());
+
+        let (_dir, path) = file(
+            "[agent]\ntoken_file = \"/nonexistent/agent_token\"\nhost_name_env = \"FERRY_CONFIG_TEST_UNSET\"\n\
+             [aggregator]\ntoken_file = \"/nonexistent/aggregator_token\"\n",
+        );
+        let problems = check(&path).join("\n");
+        for needle in [
+            "/nonexistent/agent_token",
+            "FERRY_CONFIG_TEST_UNSET",
+            "/nonexistent/aggregator_token",
+        ] {
+            assert!(problems.contains(needle), "{needle} in {problems}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod generator;
+mod health;
 mod parse;
 
 use std::path::PathBuf;
@@ -62,6 +63,14 @@ enum Command {
         /// Configuration files (`[agent]`/`[aggregator]`), rule files (`[[rule]]`) or directories of rule files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Probe a `/health` URL (the images' health check: they hold no curl or shell); exits 0 on a 2xx answer.
+    Health {
+        /// The URL, e.g. `http://127.0.0.1:7481/health` (the agent's) or `http://127.0.0.1:7480/health`.
+        url: String,
+        /// Time limit of the probe, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// Run a parsing rule over sample lines and print one JSON object per event, nested as the store holds it.
     Parse {
@@ -191,6 +200,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let lines = generator::generate_file(&out, format, bytes, seed)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {lines} lines to {}", out.display());
+        }
+        Command::Health { url, timeout_ms } => {
+            return Ok(
+                match health::probe(&url, std::time::Duration::from_millis(timeout_ms)) {
+                    Ok(status) => {
+                        println!("{status}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("ferry health: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+            );
         }
         Command::Parse { rule, rules, file } => return parse::run(&rule, &rules, file.as_deref()),
         Command::Check { files } => {

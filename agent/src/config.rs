@@ -2,8 +2,10 @@
 //!
 //! Every field has a default (see the `default_*` functions), so an empty TOML table is a valid
 //! agent configuration. [`AgentConfig::validate`] checks the whole configuration once, at start,
-//! and reports every problem it finds with the field it belongs to; nothing here touches files
-//! or the network.
+//! and reports every problem it finds with the field it belongs to. Only
+//! [`AgentConfig::resolve`] looks outside the table, at the token file and the environment variable
+//! it names (for secrets and node names mounted by Docker or Kubernetes); nothing here touches the
+//! network.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +19,10 @@ pub struct AgentConfig {
     /// `host.name` put on every record. Default: the kernel's host name
     /// (`/proc/sys/kernel/hostname`, then `/etc/hostname`, then `localhost`).
     pub host_name: String,
+    /// Name of an environment variable whose value becomes `host_name`, read once at start: for
+    /// a node name set by the orchestrator (Kubernetes' downward API `spec.nodeName`, Swarm's
+    /// `{{.Node.Hostname}}`). The variable must be set and not empty. Default: none.
+    pub host_name_env: Option<String>,
     /// Directory for the checkpoint file (`checkpoints.json`) and dead-lettered batches
     /// (`dead-letter/`). Created at start if missing. Default `/var/lib/ferry/agent`.
     pub data_dir: PathBuf,
@@ -30,6 +36,9 @@ pub struct AgentConfig {
     pub aggregator_url: String,
     /// Bearer token sent as `Authorization: Bearer <token>`. Default: none.
     pub token: Option<String>,
+    /// File holding the bearer token (a mounted Docker or Kubernetes secret), read once at start,
+    /// surrounding whitespace trimmed; not with `token`. Default: none.
+    pub token_file: Option<PathBuf>,
     /// Glob patterns of the log files to tail. Default: Docker's json-file logs and the
     /// kubelet's pod logs (`/var/lib/docker/containers/*/*-json.log`, `/var/log/pods/*/*/*.log`).
     pub include: Vec<String>,
@@ -267,9 +276,11 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             host_name: default_host_name(),
+            host_name_env: None,
             data_dir: default_data_dir(),
             aggregator_url: default_aggregator_url(),
             token: None,
+            token_file: None,
             include: default_include(),
             exclude: Vec::new(),
             format: FormatConfig::Auto,
@@ -322,6 +333,47 @@ pub struct ConfigError {
 }
 
 impl AgentConfig {
+    /// Takes in what the configuration names outside itself: the token in `token_file` becomes
+    /// `token`, the value of the variable `host_name_env` (looked up with `env`) becomes
+    /// `host_name`. Every problem is reported with its field; run [`Self::validate`] afterwards.
+    pub fn resolve(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(path) = &self.token_file {
+            if self.token.is_some() {
+                problems.push(ConfigProblem {
+                    field: "token_file".into(),
+                    message: "set either `token` or `token_file`, not both".into(),
+                });
+            } else {
+                match std::fs::read_to_string(path) {
+                    Ok(text) if !text.trim().is_empty() => self.token = Some(text.trim().into()),
+                    Ok(_) => problems.push(ConfigProblem {
+                        field: "token_file".into(),
+                        message: format!("{} is empty", path.display()),
+                    }),
+                    Err(e) => problems.push(ConfigProblem {
+                        field: "token_file".into(),
+                        message: format!("cannot read {}: {e}", path.display()),
+                    }),
+                }
+            }
+        }
+        if let Some(name) = &self.host_name_env {
+            match env(name).filter(|v| !v.trim().is_empty()) {
+                Some(value) => self.host_name = value.trim().into(),
+                None => problems.push(ConfigProblem {
+                    field: "host_name_env".into(),
+                    message: format!("the environment variable {name:?} is not set or empty"),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
     /// Checks the whole configuration and reports every problem, each with its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
@@ -505,5 +557,47 @@ mod tests {
             ]
         );
         assert!(err.to_string().contains("/bad/["), "{err}");
+    }
+
+    #[test]
+    fn resolve_reads_the_token_file_and_the_host_name_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("ferry_token");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let mut cfg = AgentConfig {
+            token_file: Some(secret),
+            host_name_env: Some("NODE_NAME".into()),
+            ..AgentConfig::default()
+        };
+        cfg.resolve(|name| (name == "NODE_NAME").then(|| "node-7".to_string()))
+            .unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.host_name, "node-7");
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn resolve_names_the_missing_file_and_the_unset_variable() {
+        let mut cfg = AgentConfig {
+            token_file: Some("/nonexistent/ferry_token".into()),
+            host_name_env: Some("NODE_NAME".into()),
+            ..AgentConfig::default()
+        };
+        let err = cfg.resolve(|_| None).unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["token_file", "host_name_env"]);
+        assert!(
+            err.to_string().contains("/nonexistent/ferry_token"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"NODE_NAME\""), "{err}");
+
+        let mut both = AgentConfig {
+            token: Some("inline".into()),
+            token_file: Some("/run/secrets/ferry_token".into()),
+            ..AgentConfig::default()
+        };
+        let err = both.resolve(|_| None).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 }

@@ -25,6 +25,10 @@ pub struct AggregatorConfig {
     /// authentication (only sensible on a loopback or otherwise private address).
     #[serde(default)]
     pub token: Option<String>,
+    /// File holding the token (a mounted Docker or Kubernetes secret), read once at start,
+    /// surrounding whitespace trimmed; not with `token`. Default none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Directory holding the durable queue (`queue/`) and the local store (`store/`).
     /// Default `/var/lib/ferry/aggregator`.
     #[serde(default = "default_data_dir")]
@@ -159,6 +163,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             listen: default_listen(),
             token: None,
+            token_file: None,
             data_dir: default_data_dir(),
             max_body_bytes: default_max_body_bytes(),
             max_decompressed_bytes: default_max_decompressed_bytes(),
@@ -185,6 +190,34 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Reads the secret in `file` into `value` (the field `<field>_file` names it), surrounding
+/// whitespace trimmed; a problem when it cannot, or when both are set.
+fn resolve_secret(
+    field: &str,
+    value: &mut Option<String>,
+    file: &Option<PathBuf>,
+    out: &mut Vec<ConfigError>,
+) {
+    let Some(path) = file else {
+        return;
+    };
+    let mut bad = |reason: String| {
+        out.push(ConfigError {
+            field: format!("{field}_file"),
+            value: format!("{:?}", path.display().to_string()),
+            reason,
+        })
+    };
+    if value.is_some() {
+        return bad(format!("set either `{field}` or `{field}_file`, not both"));
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => *value = Some(text.trim().to_string()),
+        Ok(_) => bad("the file is empty".into()),
+        Err(e) => bad(format!("cannot read it: {e}")),
+    }
+}
+
 /// Queue entries carry a u32 length in a header of [`ENTRY_OVERHEAD_BYTES`].
 const MAX_ENTRY_PAYLOAD: u64 = u32::MAX as u64;
 
@@ -196,6 +229,41 @@ impl AggregatorConfig {
         } else {
             self.sinks.clone()
         }
+    }
+
+    /// Takes in what the configuration names outside itself: the secrets in `token_file` and in
+    /// each Elasticsearch sink's `password_file` and `api_key_file` become `token`, `password`
+    /// and `api_key`. Returns every problem, each with its field; run [`Self::problems`] afterwards.
+    pub fn resolve(&mut self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        resolve_secret("token", &mut self.token, &self.token_file, &mut out);
+        let one_sink = self.sinks.is_empty();
+        let at = |i: usize, field: &str| match one_sink {
+            true => format!("sink.{field}"),
+            false => format!("sinks[{i}].{field}"),
+        };
+        let mut named = Vec::new();
+        let list = if self.sinks.is_empty() {
+            std::slice::from_mut(&mut self.sink)
+        } else {
+            &mut self.sinks[..]
+        };
+        for (i, sink) in list.iter_mut().enumerate() {
+            if let SinkConfig::Elasticsearch(es) = sink {
+                let es = &mut **es;
+                named.push((i, "password", &mut es.password, &es.password_file));
+                named.push((i, "api_key", &mut es.api_key, &es.api_key_file));
+            }
+        }
+        for (i, field, value, file) in named {
+            let mut problems = Vec::new();
+            resolve_secret(field, value, file, &mut problems);
+            out.extend(problems.into_iter().map(|mut p| {
+                p.field = at(i, &p.field);
+                p
+            }));
+        }
+        out
     }
 
     /// Checks the configuration; returns the first problem (see [`Self::problems`] for all).
@@ -501,5 +569,54 @@ mod sinks_tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("hosts"), "{err}");
+    }
+
+    #[test]
+    fn resolve_reads_the_token_file_and_names_it_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("ferry_token");
+        std::fs::write(&secret, "  s3cret\n").unwrap();
+        let mut config = AggregatorConfig {
+            token_file: Some(secret.clone()),
+            ..AggregatorConfig::default()
+        };
+        assert_eq!(config.resolve(), []);
+        assert_eq!(config.token.as_deref(), Some("s3cret"));
+
+        let missing = dir.path().join("missing");
+        let problems = AggregatorConfig {
+            token_file: Some(missing.clone()),
+            ..AggregatorConfig::default()
+        }
+        .resolve();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "token_file");
+        let text = problems[0].to_string();
+        assert!(text.contains(&*missing.to_string_lossy()), "{text}");
+
+        let problems = AggregatorConfig {
+            token: Some("inline".into()),
+            token_file: Some(secret.clone()),
+            ..AggregatorConfig::default()
+        }
+        .resolve();
+        assert!(problems[0].to_string().contains("not both"), "{problems:?}");
+
+        // An Elasticsearch sink's password and API key, from their files, named by position.
+        let key = dir.path().join("es_api_key");
+        std::fs::write(&key, "VnVhQ2ZHY0JDZGJrUW0=\n").unwrap();
+        let mut config: AggregatorConfig = toml::from_str(&format!(
+            "token_file = {secret:?}\nsinks = [{{ type = \"local\" }}, \
+             {{ type = \"elasticsearch\", api_key_file = {key:?} }}, \
+             {{ type = \"elasticsearch\", name = \"b\", username = \"ferry\", password_file = {missing:?} }}]"
+        ))
+        .unwrap();
+        let problems = config.resolve();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "sinks[2].password_file");
+        let SinkConfig::Elasticsearch(es) = &config.sinks[1] else {
+            panic!("an Elasticsearch sink")
+        };
+        assert_eq!(es.api_key.as_deref(), Some("VnVhQ2ZHY0JDZGJrUW0="));
     }
 }

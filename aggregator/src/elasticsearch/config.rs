@@ -3,7 +3,8 @@
 //! retried, and what the sink installs at start.
 //!
 //! Every field has a documented default; [`ElasticsearchConfig::problems`] checks the values once
-//! at load (it reads `ca_file`, nothing else), so `ferry check` reports every problem and `ferry
+//! at load (it reads `ca_file`, nothing else; `AggregatorConfig::resolve` reads the
+//! `*_file` secrets before), so `ferry check` reports every problem and `ferry
 //! aggregator` refuses to start on any.
 
 use std::path::PathBuf;
@@ -43,10 +44,18 @@ pub struct ElasticsearchConfig {
     /// Password for HTTP basic authentication. Default none.
     #[serde(default)]
     pub password: Option<String>,
+    /// File holding the password (a mounted Docker or Kubernetes secret), read once at start;
+    /// not with `password`. Default none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// API key, as the `encoded` value Elasticsearch returns (base64 of `id:key`), sent as
     /// `Authorization: ApiKey <api_key>`. Not together with `username`. Default none.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// File holding the API key (a mounted Docker or Kubernetes secret), read once at start;
+    /// not with `api_key`. Default none.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
     /// PEM file of the certificate authorities to trust for `https://` URLs (in addition to the
     /// system's). Default none.
     #[serde(default)]
@@ -175,7 +184,9 @@ impl Default for ElasticsearchConfig {
             urls: default_urls(),
             username: None,
             password: None,
+            password_file: None,
             api_key: None,
+            api_key_file: None,
             ca_file: None,
             tls_insecure_skip_verify: false,
             request_timeout_ms: default_request_timeout_ms(),
