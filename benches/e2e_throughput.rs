@@ -7,6 +7,7 @@
 //!                                        [--compression zstd|gzip|none] [--format docker|plain]
 //!                                        [--parser RULE] [--floor] [--output discard]
 //!                                        [--outage-after-seconds A --outage-seconds N]
+//!                                        [--rate LINES_PER_SECOND --seconds N]
 //! ```
 //! `--sink elasticsearch` starts the Elasticsearch test double inside the harness process (on
 //! its own threads, whose CPU time is reported separately) and points the aggregator's sink at
@@ -15,6 +16,12 @@
 //! `--output discard` runs the agent with `output = "discard"`: it reads, decodes, parses and
 //! encodes every line and drops the batches (the "tail → parse → discard" pipeline); the
 //! aggregator then only idles.
+//! `--rate R --seconds N` (with `--sink elasticsearch`) measures latency instead of throughput:
+//! the harness appends the input's lines to an empty file at R lines a second for N seconds (a
+//! burst every 10 ms, like a busy container), and reports how long after a line was written the
+//! double had indexed it (p50, p99, max): line n counts as indexed once the double holds n
+//! documents, which is exact while documents arrive in order (the sink's concurrent requests
+//! can interleave a few neighbours; each is still counted once).
 //! Prints MiB/s, lines/s, CPU seconds per GiB and peak RSS of each process. A measurement, never
 //! a pass/fail threshold.
 
@@ -39,6 +46,9 @@ struct Args {
     discard: bool,
     outage_after: Option<u64>,
     outage_seconds: u64,
+    /// Latency mode: lines a second, for `seconds`.
+    rate: Option<u64>,
+    seconds: u64,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +63,8 @@ fn parse_args() -> Args {
         discard: false,
         outage_after: None,
         outage_seconds: 0,
+        rate: None,
+        seconds: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +87,8 @@ fn parse_args() -> Args {
             "--outage-seconds" => {
                 a.outage_seconds = value().parse().expect("--outage-seconds takes seconds")
             }
+            "--rate" => a.rate = Some(value().parse().expect("--rate takes lines a second")),
+            "--seconds" => a.seconds = value().parse().expect("--seconds takes seconds"),
             "--output" => {
                 let v = value();
                 assert!(v == "discard", "--output takes `discard`, not {v:?}");
@@ -144,7 +158,12 @@ fn main() {
     };
     let size = std::fs::metadata(&file).unwrap().len();
     let (lines, first_byte) = scan(&file);
-    w.include = vec![file.display().to_string()];
+    // Latency mode: the agent tails a file the harness writes as it goes.
+    let written = dir.join("written.log");
+    w.include = vec![match args.rate {
+        Some(_) => written.display().to_string(),
+        None => file.display().to_string(),
+    }];
     // Docker json-file lines are JSON objects; anything else is tailed as plain lines.
     let format = if first_byte == Some(b'{') {
         "docker"
@@ -190,6 +209,12 @@ fn main() {
     };
 
     let aggregator = w.start_aggregator(&config);
+    if let Some(rate) = args.rate {
+        let double = double.expect("--rate needs --sink elasticsearch");
+        std::fs::write(&written, b"").unwrap();
+        let agent = w.start_agent(&config);
+        return latency(&args, rate, &file, &written, &double, &agent, &aggregator);
+    }
     let started = Instant::now();
     let agent = w.start_agent(&config);
     eprintln!(
@@ -313,6 +338,109 @@ fn main() {
             size as f64 / 1048576.0 / cpu
         );
     }
+}
+
+/// Latency mode: writes `source`'s lines to `written` at `rate` lines a second for
+/// `args.seconds` and reports write-to-indexed latency percentiles.
+fn latency(
+    args: &Args,
+    rate: u64,
+    source: &std::path::Path,
+    written: &std::path::Path,
+    double: &EsDouble,
+    agent: &Proc,
+    aggregator: &Proc,
+) {
+    use std::io::{BufRead, Write};
+    // Wait for the aggregator to take batches (and the sink to bootstrap) before the clock runs.
+    wait_for("the double's bootstrap", Duration::from_secs(30), || {
+        (!double.handle.stats().data_streams.is_empty()).then_some(())
+    });
+    let seconds = args.seconds;
+    let (source, written) = (source.to_path_buf(), written.to_path_buf());
+    eprintln!("writing {rate} lines/s for {seconds} s, measuring write-to-indexed latency …");
+    // (when, lines written by then), one entry a burst.
+    let writer = std::thread::spawn(move || {
+        let mut input =
+            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&source).unwrap());
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&written)
+            .unwrap();
+        let started = Instant::now();
+        let total = rate * seconds;
+        let (mut done, mut bursts, mut line, mut chunk) =
+            (0u64, Vec::new(), Vec::new(), Vec::new());
+        while done < total {
+            let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+            chunk.clear();
+            while done < due {
+                line.clear();
+                if input.read_until(b'\n', &mut line).unwrap() == 0 {
+                    panic!("the input has fewer than {total} lines");
+                }
+                chunk.extend_from_slice(&line);
+                done += 1;
+            }
+            if !chunk.is_empty() {
+                out.write_all(&chunk).unwrap();
+                bursts.push((Instant::now(), done));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bursts
+    });
+    // (when, documents indexed by then), one entry a change.
+    let mut indexed: Vec<(Instant, u64)> = Vec::new();
+    let total = rate * seconds;
+    let deadline = Instant::now() + Duration::from_secs(seconds + 120);
+    loop {
+        let docs = double.handle.stats().docs;
+        if indexed.last().is_none_or(|&(_, d)| d != docs) {
+            indexed.push((Instant::now(), docs));
+        }
+        if docs >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {docs} of {total} lines indexed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let bursts = writer.join().unwrap();
+    // Each line's latency: when the double first held as many documents, minus its burst's time.
+    let mut latencies = Vec::with_capacity(total as usize);
+    let (mut first, mut k) = (0u64, 0usize);
+    for &(at, upto) in &bursts {
+        for n in first..upto {
+            while indexed[k].1 <= n {
+                k += 1;
+            }
+            latencies.push(indexed[k].0.saturating_duration_since(at).as_secs_f64());
+        }
+        first = upto;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let (a_cpu, a_rss) = usage(agent.child.id());
+    let (g_cpu, g_rss) = usage(aggregator.child.id());
+    println!("write-to-indexed latency ({rate} lines/s for {seconds} s, agent → aggregator → Elasticsearch double):");
+    println!("  lines          {}", latencies.len());
+    println!(
+        "  latency        p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        pct(0.50) * 1000.0,
+        pct(0.99) * 1000.0,
+        latencies.last().copied().unwrap_or(0.0) * 1000.0
+    );
+    println!(
+        "  agent          {a_cpu:.2} CPU-s, peak RSS {:.1} MiB",
+        a_rss as f64 / 1048576.0
+    );
+    println!(
+        "  aggregator     {g_cpu:.2} CPU-s, peak RSS {:.1} MiB",
+        g_rss as f64 / 1048576.0
+    );
 }
 
 /// The reference workload's pattern without captures (its `nginx.ere`), for the grep floor.

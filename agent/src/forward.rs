@@ -8,6 +8,12 @@
 //! batch in two (re-encoded from its own records) until single records, which are dead-lettered.
 //! One batch in flight keeps each fingerprint's records in offset order at the aggregator, which
 //! relies on that for its per-source high-water mark.
+//!
+//! Batches are built in the current format version (2); an aggregator that predates it refuses
+//! such a batch with a 400 naming the version, and the forwarder then sends the same records as
+//! version 1 (re-encoded here) for [`V1_FALLBACK`] before trying version 2 again, so an agent
+//! upgraded before its aggregator keeps delivering. Dead letters are written as version 1, whose
+//! lines are whole records.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -37,6 +43,8 @@ use crate::tailer::Sealed;
 const CHECKPOINT_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest reason text kept from an error response.
 const MAX_REASON_BYTES: usize = 4096;
+/// How long batches go as version 1 after an aggregator refused version 2.
+const V1_FALLBACK: Duration = Duration::from_secs(300);
 
 /// What became of one batch.
 enum Outcome {
@@ -45,6 +53,8 @@ enum Outcome {
     TooLarge,
     /// 400: the aggregator will never take it.
     Rejected(String),
+    /// 400 for the batch's format version: the aggregator predates it.
+    OldVersion,
     /// Shutdown deadline passed before an answer.
     Abandoned,
 }
@@ -164,6 +174,8 @@ pub(crate) struct Forwarder {
     dead_letter_seq: u64,
     /// `output = "discard"`: batches are dropped, not sent.
     discard: bool,
+    /// Until when batches go as version 1 (an aggregator refused version 2).
+    v1_until: Option<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -209,6 +221,7 @@ impl Forwarder {
             dead_letter_dir: config.data_dir.join("dead-letter"),
             dead_letter_seq: 0,
             discard: config.output == OutputConfig::Discard,
+            v1_until: None,
             metrics,
         }
     }
@@ -275,7 +288,10 @@ impl Forwarder {
             return true;
         }
         let mut queue = VecDeque::from([batch]);
-        while let Some(batch) = queue.pop_front() {
+        while let Some(mut batch) = queue.pop_front() {
+            if batch.version != 1 && self.v1_until.is_some_and(|t| Instant::now() < t) {
+                batch = as_version_1(batch).await;
+            }
             match self.send_until_answered(&batch).await {
                 Outcome::Acked => {
                     self.metrics
@@ -304,6 +320,15 @@ impl Forwarder {
                         return false;
                     }
                 }
+                Outcome::OldVersion => {
+                    warn!(
+                        version = batch.version,
+                        fallback_seconds = V1_FALLBACK.as_secs(),
+                        "The aggregator predates this batch format version; sending version 1 for a while (upgrade the aggregator)"
+                    );
+                    self.v1_until = Some(Instant::now() + V1_FALLBACK);
+                    queue.push_front(batch);
+                }
                 Outcome::Abandoned => return false,
             }
         }
@@ -324,6 +349,11 @@ impl Forwarder {
             let wait = match result {
                 Ok(answer) if answer.status.is_success() => return Outcome::Acked,
                 Ok(answer) => match answer.status {
+                    StatusCode::BAD_REQUEST
+                        if batch.version != 1 && ferry_wire::refused_for_version(&answer.body) =>
+                    {
+                        return Outcome::OldVersion;
+                    }
                     StatusCode::BAD_REQUEST => {
                         let reason = format!("400 Bad Request: {}", answer.body);
                         self.metrics.send_error(SendError::Rejected, reason.clone());
@@ -410,9 +440,9 @@ impl Forwarder {
         let mut attempt: u32 = 0;
         loop {
             let (base, body, text) = (base.clone(), batch.body.clone(), text.clone());
-            let compression = batch.compression;
+            let (compression, version) = (batch.compression, batch.version);
             let result = tokio::task::spawn_blocking(move || {
-                write_dead_letter(&base, &body, compression, &text)
+                write_dead_letter(&base, &body, compression, version, &text)
             })
             .await
             .map_err(std::io::Error::other)
@@ -439,12 +469,14 @@ impl Forwarder {
     }
 }
 
-/// Writes `<base>.ndjson.gz` (always gzip on disk, whatever travelled: any operator can `zcat`
-/// it) and `<base>.reason.txt`, each fsynced.
+/// Writes `<base>.ndjson.gz` (always gzip on disk, whatever travelled, and a version 1 batch,
+/// whose lines are whole records: any operator can `zcat` it) and `<base>.reason.txt`, each
+/// fsynced.
 fn write_dead_letter(
     base: &std::path::Path,
     body: &[u8],
     compression: Compression,
+    version: u32,
     reason: &str,
 ) -> std::io::Result<PathBuf> {
     if let Some(dir) = base.parent() {
@@ -452,6 +484,11 @@ fn write_dead_letter(
     }
     let data_path = base.with_extension("ndjson.gz");
     let data = match compression {
+        _ if version != 1 => {
+            let decoded = ferry_wire::decode_batch(body, compression, usize::MAX)
+                .map_err(std::io::Error::other)?;
+            decoded.encode_v1(Compression::Gzip { level: 1 }).body
+        }
         Compression::Gzip { .. } => body.to_vec(),
         Compression::None | Compression::Zstd { .. } => {
             let raw = ferry_wire::decompress(body, compression, usize::MAX)
@@ -480,10 +517,10 @@ fn split(batch: &EncodedBatch, host: &str) -> Option<(EncodedBatch, EncodedBatch
     let decoded =
         ferry_wire::decode_batch(&batch.body, batch.compression, batch.raw_bytes + 1024).ok()?;
     let half = decoded.logs.len().div_ceil(2).max(1);
-    let mut a = BatchBuilder::new(host);
-    let mut b = BatchBuilder::new(host);
+    let mut a = BatchBuilder::with_version(host, batch.version);
+    let mut b = BatchBuilder::with_version(host, batch.version);
     for (i, log) in decoded.logs.iter().enumerate() {
-        let record: LogRecord = serde_json::from_slice(decoded.log_line(log)).ok()?;
+        let record: LogRecord = serde_json::from_slice(&decoded.record(log)).ok()?;
         if i < half {
             a.push_log(&record);
         } else {
@@ -497,6 +534,22 @@ fn split(batch: &EncodedBatch, host: &str) -> Option<(EncodedBatch, EncodedBatch
         return None;
     }
     Some((a.finish(batch.compression), b.finish(batch.compression)))
+}
+
+/// The same records as a version 1 batch (re-encoded on a blocking thread); the batch as it was
+/// if it does not decode (it cannot: this agent built it).
+async fn as_version_1(batch: EncodedBatch) -> EncodedBatch {
+    tokio::task::spawn_blocking(move || {
+        match ferry_wire::decode_batch(&batch.body, batch.compression, batch.raw_bytes + 1024) {
+            Ok(decoded) => decoded.encode_v1(batch.compression),
+            Err(e) => {
+                warn!(error = %e, "A batch built here does not decode; sending it as it is");
+                batch
+            }
+        }
+    })
+    .await
+    .expect("re-encoding a batch does not panic")
 }
 
 /// An error and its causes, `: `-separated.

@@ -1158,7 +1158,7 @@ mod tests {
         decoded
             .logs
             .iter()
-            .map(|l| serde_json::from_slice(decoded.log_line(l)).unwrap())
+            .map(|l| serde_json::from_slice(&decoded.record(l)).unwrap())
             .collect()
     }
 

@@ -33,7 +33,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Days, NaiveDate, SecondsFormat, Utc};
-use ferry_wire::{decode_batch, splice_ingested, Compression};
+use ferry_wire::{decode_batch, Compression};
 use tracing::{debug, info, warn};
 
 use crate::queue::Position;
@@ -221,11 +221,12 @@ impl LocalStore {
                 }
             };
             for log in &batch.logs {
-                if !pending.admit(self.state.committed(), &log.fingerprint, log.offset) {
+                if !pending.admit(self.state.committed(), batch.fingerprint(log), log.offset()) {
                     applied.duplicates += 1;
                     continue;
                 }
-                splice_ingested(batch.log_line(log), &ingested, &mut self.buf);
+                batch.write_record(log, Some(&ingested), &mut self.buf);
+                self.buf.push(b'\n');
                 applied.stored += 1;
             }
             pending.retire(self.state.committed(), &batch.header.retired);
@@ -440,13 +441,72 @@ pub(crate) mod tests {
         }
     }
 
-    /// The decompressed NDJSON batch of `records`.
+    /// The decompressed NDJSON batch of `records`, in the current format version.
     pub(crate) fn batch(records: &[LogRecord]) -> Vec<u8> {
-        let mut b = BatchBuilder::new("node-1");
+        batch_of_version(records, ferry_wire::WIRE_VERSION)
+    }
+
+    /// The decompressed NDJSON batch of `records` in format `version`.
+    pub(crate) fn batch_of_version(records: &[LogRecord], version: u32) -> Vec<u8> {
+        let mut b = BatchBuilder::with_version("node-1", version);
         for r in records {
             b.push_log(r);
         }
         b.finish(Compression::None).body
+    }
+
+    /// Records of three sources (Docker, Kubernetes, a plain file), in runs and interleaved,
+    /// with what records carry: levels, flags, parsed fields, text that needs escaping.
+    pub(crate) fn varied_records() -> Vec<LogRecord> {
+        let docker = |r: &mut LogRecord| {
+            r.log.file.path = "/var/lib/docker/containers/3f4e/3f4e-json.log".into();
+            r.container.id = Some("3f4e".into());
+            r.container.name = Some("web-1".into());
+            r.container.image.name = Some("nginx:1.27".into());
+            r.container.labels = [
+                ("com.docker.compose.service".to_string(), "web".to_string()),
+                ("app".to_string(), "shop \"front\"".to_string()),
+            ]
+            .into();
+        };
+        let kubernetes = |r: &mut LogRecord| {
+            r.log.file.path = "/var/log/pods/prod_api-7f9_0a1b/api/0.log".into();
+            r.kubernetes.namespace = Some("prod".into());
+            r.kubernetes.pod.name = Some("api-7f9".into());
+            r.kubernetes.pod.uid = Some("0a1b".into());
+            r.kubernetes.container.name = Some("api".into());
+        };
+        let mut out = Vec::new();
+        for i in 0..60u64 {
+            let source = ["docker", "pod", "plain"][((i / 4 + i % 3) % 3) as usize];
+            let mut r = record(
+                source,
+                i * 100,
+                &format!("line {i}: \"q\" \\ tab\t ünï \u{1}"),
+            );
+            r.host.name = "node-1".into();
+            match source {
+                "docker" => docker(&mut r),
+                "pod" => kubernetes(&mut r),
+                _ => {}
+            }
+            if i % 2 == 0 {
+                r.log.level = Some(["info", "warn", "error"][(i % 3) as usize].into());
+            }
+            if i % 5 == 0 {
+                r.log.flags = vec![ferry_wire::Flag::Joined, ferry_wire::Flag::Truncated];
+            }
+            if i % 3 == 0 {
+                r.event.created = Some("2026-11-28T08:40:00.2Z".into());
+                r.stream = Some(ferry_wire::Stream::Stderr);
+                r.fields.insert(
+                    "http".into(),
+                    serde_json::json!({"response": {"status_code": 200 + i}}),
+                );
+            }
+            out.push(r);
+        }
+        out
     }
 
     fn at(day: u32, hour: u32) -> DateTime<Utc> {
@@ -549,7 +609,8 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let dec = decode_batch(&second, Compression::None, usize::MAX).unwrap();
         for log in &dec.logs {
-            splice_ingested(dec.log_line(log), "2026-11-28T09:00:01.000Z", &mut out);
+            dec.write_record(log, Some("2026-11-28T09:00:01.000Z"), &mut out);
+            out.push(b'\n');
         }
         out.extend_from_slice(b"{\"event\":{\"id\":\"half");
         let mut f = OpenOptions::new().append(true).open(&file).unwrap();
@@ -673,6 +734,53 @@ pub(crate) mod tests {
         let store = LocalStore::open(tmp.path(), 7, 1000, at(28, 9)).unwrap();
         assert_eq!(store.queue_position(), pos(2));
         assert_eq!(store.state.committed().sources["s"].offset, 20);
+    }
+
+    #[test]
+    fn version_1_and_version_2_batches_store_the_same_records_byte_for_byte() {
+        let records = varied_records();
+        let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut v1_store = LocalStore::open(t1.path(), 7, 1000, at(28, 9)).unwrap();
+        let mut v2_store = LocalStore::open(t2.path(), 7, 1000, at(28, 9)).unwrap();
+        for (i, chunk) in records.chunks(7).enumerate() {
+            let (v1, v2) = (batch_of_version(chunk, 1), batch_of_version(chunk, 2));
+            assert!(v2.len() < v1.len(), "{} vs {} bytes", v2.len(), v1.len());
+            let a1 = v1_store.apply([&v1[..]], pos(i as u64), at(28, 9)).unwrap();
+            let a2 = v2_store.apply([&v2[..]], pos(i as u64), at(28, 9)).unwrap();
+            assert_eq!(a1, a2);
+            assert_eq!(a2.stored, chunk.len() as u64);
+        }
+        // A replay is a duplicate whichever version carries it: the marks are the same.
+        let (v1, v2) = (batch_of_version(&records[..9], 1), batch(&records[..9]));
+        let a1 = v1_store.apply([&v2[..]], pos(20), at(28, 9)).unwrap();
+        let a2 = v2_store.apply([&v1[..]], pos(20), at(28, 9)).unwrap();
+        assert_eq!((a1.stored, a1.duplicates), (0, 9));
+        assert_eq!(a1, a2);
+        assert_eq!(
+            v1_store.state.committed().sources,
+            v2_store.state.committed().sources
+        );
+        let name = "ferry-2026-11-28.ndjson";
+        let (b1, b2) = (
+            fs::read(t1.path().join(name)).unwrap(),
+            fs::read(t2.path().join(name)).unwrap(),
+        );
+        assert_eq!(String::from_utf8_lossy(&b2), String::from_utf8_lossy(&b1));
+        // Every record once, in order, whole, with event.ingested.
+        let stored: Vec<LogRecord> = b2
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let expected: Vec<LogRecord> = records
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.event.ingested = Some("2026-11-28T09:00:00.000Z".into());
+                r
+            })
+            .collect();
+        assert_eq!(stored, expected);
     }
 
     #[test]

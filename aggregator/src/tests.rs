@@ -227,6 +227,40 @@ async fn accepted_batch_is_stored_once_even_when_replayed_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_both_batch_format_versions_are_stored_alike() {
+    // An agent of before version 2 sends version 1, an upgraded one version 2, side by side.
+    let tmp = tempfile::tempdir().unwrap();
+    let handle = start(config(tmp.path())).await.unwrap();
+    let records = crate::local::tests::varied_records();
+    let mut sent = 0;
+    for (i, chunk) in records.chunks(10).enumerate() {
+        let mut b = BatchBuilder::with_version("node-1", [1, 2][i % 2]);
+        for r in chunk {
+            b.push_log(r);
+        }
+        let reply = post(
+            &handle,
+            &auth_gzip(),
+            &b.finish(Compression::Gzip { level: 1 }).body,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        sent += chunk.len() as u64;
+        wait_for("stored", || handle.status().records_stored == sent).await;
+    }
+    let stored: Vec<LogRecord> = stored(tmp.path())
+        .into_iter()
+        .map(|mut v| {
+            assert!(v["event"]["ingested"].as_str().unwrap().ends_with('Z'));
+            v["event"].as_object_mut().unwrap().remove("ingested");
+            serde_json::from_value(v).unwrap()
+        })
+        .collect();
+    assert_eq!(stored, records);
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_missing_and_wrong_tokens_without_echoing_them() {
     let tmp = tempfile::tempdir().unwrap();
     let handle = start(config(tmp.path())).await.unwrap();

@@ -1,14 +1,34 @@
 //! The batch codec: what travels from agent to aggregator in one request body.
 //!
-//! Layout (NDJSON, optionally gzip- or zstd-compressed as a whole):
+//! Two versions, both NDJSON (optionally gzip- or zstd-compressed as a whole), both read by this
+//! build. **Version 2** (written by default) carries the fields a record shares with every other
+//! record of its source once per batch, not once per record:
 //! ```text
-//! {"ferry":1,"host":"node-1","logs":2,"stats":1}     <- header, line 1
-//! {"event":{"id":"…"},"@timestamp":"…",…}              <- `logs` log records
+//! {"ferry":2,"host":"node-1","logs":2,"stats":1,"sources":1}  <- header, line 1
+//! {"event":{"id":"…"},"@timestamp":"…",…,"log":{"offset":7},…} 0 97   <- `logs` log records
+//! {"event":{"id":"…"},…} 0 104
+//! {"@timestamp":"…","metrics":{…},…}                            <- `stats` stats samples
+//! {"log":{"file":{"path":"…","fingerprint":"…"}},"container":{…},"host":{"name":"…"}}
+//!                                                               <- `sources` sources, from 0
+//! ```
+//! A version 2 log record is the record's JSON without its source's fields (`log.file`,
+//! `container`, `kubernetes`, `host`), then a space and the number of its source, then a space
+//! and the position (from the record's first byte) of its `"offset":` member. Its first members
+//! are always `event` (`id`, then `created` when set; never `ingested`) and `@timestamp`, and
+//! its `log` object ends with `offset` and `flags`, so the aggregator reads `event.id`,
+//! `@timestamp` and `log.offset` at known places and puts the source's fields back
+//! ([`DecodedBatch::write_record`]) with three copies and no JSON parse: the expanded record is
+//! byte for byte the record a version 1 batch carries.
+//!
+//! **Version 1** (written by agents before version 2, and by this one when an aggregator refuses
+//! version 2) has no source lines and carries every record whole:
+//! ```text
+//! {"ferry":1,"host":"node-1","logs":2,"stats":1}
 //! {"event":{"id":"…"},"@timestamp":"…",…}
-//! {"@timestamp":"…","metrics":{…},…}                   <- `stats` stats samples
 //! ```
 //! Decoding is bounded: the decompressed size is capped before it is allocated, and every error
-//! names the line (1-based, header = line 1) and what was wrong with it.
+//! names the line (1-based, header = line 1) and what was wrong with it. A version 2 record's
+//! frame (its id, `@timestamp`, offset, source and UTF-8) is checked, not its full JSON.
 
 use std::borrow::Cow;
 use std::io::{Read, Write};
@@ -18,10 +38,11 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 
-use crate::record::{LogRecord, StatsSample};
+use crate::json::{write_file_member, write_log_record_without_source, write_source_members};
+use crate::record::{Container, Host, Kubernetes, LogFile, LogRecord, StatsSample};
 
-/// The batch format version this build writes and reads.
-pub const WIRE_VERSION: u32 = 1;
+/// The batch format version this build writes (it reads this one and version 1).
+pub const WIRE_VERSION: u32 = 2;
 
 /// How a batch body is compressed; sent as the `Content-Encoding` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +81,15 @@ impl Compression {
 /// The first line of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchHeader {
-    /// Format version ([`WIRE_VERSION`]).
+    /// Format version (1 or 2).
     pub ferry: u32,
     /// The agent's `host.name`.
     pub host: String,
     pub logs: usize,
     pub stats: usize,
+    /// Version 2: the number of source lines after the stats samples. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sources: usize,
     /// Source fingerprints the agent has durably forgotten (their files are gone and fully
     /// read): it will never send a record of them again, so a store may drop their
     /// de-duplication state once this batch is committed. Absent when empty.
@@ -73,11 +97,28 @@ pub struct BatchHeader {
     pub retired: Vec<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The message a refusal of an unsupported version carries (this build's and version 1 builds'
+/// wording): an agent that reads it in a 400 answer knows to send version 1.
+pub const UNSUPPORTED_VERSION: &str = "batch format version";
+
+/// Whether an aggregator's 400 answer refused the batch for its format version (and not for
+/// its content): then the same records sent as version 1 are taken by an aggregator that
+/// predates version 2.
+pub fn refused_for_version(answer: &str) -> bool {
+    answer.contains(UNSUPPORTED_VERSION) && answer.contains("is not supported")
+}
+
 /// A batch ready to send.
 #[derive(Debug, Clone)]
 pub struct EncodedBatch {
     pub body: Vec<u8>,
     pub compression: Compression,
+    /// The format version of `body`.
+    pub version: u32,
     pub logs: usize,
     pub stats: usize,
     /// Size before compression.
@@ -92,6 +133,7 @@ pub struct EncodedBatch {
 #[derive(Debug)]
 pub struct BatchBuilder {
     host: String,
+    version: u32,
     /// The longest header line this builder can write.
     room: usize,
     /// `room` bytes, then the log records.
@@ -99,6 +141,8 @@ pub struct BatchBuilder {
     stats: Vec<u8>,
     log_count: usize,
     stats_count: usize,
+    /// Version 2: the sources of the records so far, and their lines.
+    sources: SourceTable,
     zstd: ZstdContext,
     escapes: crate::json::Escapes,
 }
@@ -132,14 +176,116 @@ impl ZstdContext {
     }
 }
 
+/// `data` compressed as `compression` says.
+fn compress(data: &[u8], compression: Compression, zstd: &mut ZstdContext) -> Vec<u8> {
+    match compression {
+        Compression::None => data.to_vec(),
+        Compression::Gzip { level } => {
+            let out = Vec::with_capacity(data.len() / 6 + 64);
+            let mut enc = GzEncoder::new(out, flate2::Compression::new(level.min(9)));
+            enc.write_all(data).expect("writing to a Vec cannot fail");
+            enc.finish().expect("writing to a Vec cannot fail")
+        }
+        Compression::Zstd { level } => zstd.compress(data, level),
+    }
+}
+
+/// A source's fields, as a version 2 batch carries them once (its source line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceLine {
+    log: SourceLog,
+    #[serde(default, skip_serializing_if = "Container::is_empty")]
+    container: Container,
+    #[serde(default, skip_serializing_if = "Kubernetes::is_empty")]
+    kubernetes: Kubernetes,
+    host: Host,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceLog {
+    file: LogFile,
+}
+
+impl SourceLine {
+    fn of(record: &LogRecord) -> SourceLine {
+        SourceLine {
+            log: SourceLog {
+                file: record.log.file.clone(),
+            },
+            container: record.container.clone(),
+            kubernetes: record.kubernetes.clone(),
+            host: record.host.clone(),
+        }
+    }
+
+    fn matches(&self, record: &LogRecord) -> bool {
+        self.log.file.fingerprint == record.log.file.fingerprint
+            && self.log.file.path == record.log.file.path
+            && self.host.name == record.host.name
+            && self.container == record.container
+            && self.kubernetes == record.kubernetes
+    }
+}
+
+/// The builder's sources: each distinct set of source fields gets a number and a line.
+#[derive(Debug, Default)]
+struct SourceTable {
+    list: Vec<SourceLine>,
+    lines: Vec<u8>,
+    /// The source of the last record (records of one source come in runs).
+    last: usize,
+}
+
+impl SourceTable {
+    fn index(&mut self, record: &LogRecord) -> usize {
+        if self.list.get(self.last).is_some_and(|s| s.matches(record)) {
+            return self.last;
+        }
+        self.last = match self.list.iter().position(|s| s.matches(record)) {
+            Some(i) => i,
+            None => {
+                let source = SourceLine::of(record);
+                serde_json::to_writer(&mut self.lines, &source)
+                    .expect("a source line always serialises");
+                self.lines.push(b'\n');
+                self.list.push(source);
+                self.list.len() - 1
+            }
+        };
+        self.last
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.lines.clear();
+        self.last = 0;
+    }
+}
+
 impl BatchBuilder {
+    /// A builder of [`WIRE_VERSION`] batches.
     pub fn new(host: impl Into<String>) -> Self {
+        Self::with_version(host, WIRE_VERSION)
+    }
+
+    /// A builder of batches of format `version` (1 or 2).
+    ///
+    /// # Panics
+    /// On any other version: which versions exist is this crate's to say.
+    pub fn with_version(host: impl Into<String>, version: u32) -> Self {
+        assert!(
+            version == 1 || version == 2,
+            "batch format version {version} does not exist"
+        );
         let host = host.into();
         let longest = BatchHeader {
-            ferry: WIRE_VERSION,
+            ferry: version,
             host: host.clone(),
             logs: usize::MAX,
             stats: usize::MAX,
+            sources: usize::MAX,
             retired: Vec::new(),
         };
         let room = serde_json::to_vec(&longest)
@@ -148,14 +294,21 @@ impl BatchBuilder {
             + 1;
         BatchBuilder {
             host,
+            version,
             room,
             logs: vec![b' '; room],
             stats: Vec::new(),
             log_count: 0,
             stats_count: 0,
+            sources: SourceTable::default(),
             zstd: ZstdContext::default(),
             escapes: Default::default(),
         }
+    }
+
+    /// The format version this builder writes.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     pub fn push_log(&mut self, record: &LogRecord) {
@@ -169,7 +322,17 @@ impl BatchBuilder {
         record: &LogRecord,
         extra: impl FnOnce(&mut Vec<u8>, &crate::json::Escapes),
     ) {
-        crate::json::write_log_record(&mut self.logs, record, &mut self.escapes, extra);
+        if self.version == 1 {
+            crate::json::write_log_record(&mut self.logs, record, &mut self.escapes, extra);
+        } else {
+            let source = self.sources.index(record);
+            let at =
+                write_log_record_without_source(&mut self.logs, record, &mut self.escapes, extra);
+            self.logs.push(b' ');
+            crate::json::write_u64(&mut self.logs, source as u64);
+            self.logs.push(b' ');
+            crate::json::write_u64(&mut self.logs, at as u64);
+        }
         self.logs.push(b'\n');
         self.log_count += 1;
     }
@@ -189,9 +352,17 @@ impl BatchBuilder {
         self.len() == 0
     }
 
-    /// Uncompressed size of the records collected so far.
+    /// Uncompressed size of the records (and source lines) collected so far.
     pub fn bytes(&self) -> usize {
-        self.logs.len() - self.room + self.stats.len()
+        self.logs.len() - self.room + self.stats.len() + self.sources.lines.len()
+    }
+
+    fn clear(&mut self) {
+        self.logs.truncate(self.room);
+        self.stats.clear();
+        self.sources.clear();
+        self.log_count = 0;
+        self.stats_count = 0;
     }
 
     /// Empties the builder like [`BatchBuilder::finish`] without making a body: the batch has its
@@ -200,24 +371,23 @@ impl BatchBuilder {
         let batch = EncodedBatch {
             body: Vec::new(),
             compression: Compression::None,
+            version: self.version,
             logs: self.log_count,
             stats: self.stats_count,
             raw_bytes: self.bytes(),
         };
-        self.logs.truncate(self.room);
-        self.stats.clear();
-        self.log_count = 0;
-        self.stats_count = 0;
+        self.clear();
         batch
     }
 
     /// Seals the batch and leaves the builder empty (buffers keep their capacity).
     pub fn finish(&mut self, compression: Compression) -> EncodedBatch {
         let header = BatchHeader {
-            ferry: WIRE_VERSION,
+            ferry: self.version,
             host: self.host.clone(),
             logs: self.log_count,
             stats: self.stats_count,
+            sources: self.sources.list.len(),
             retired: Vec::new(),
         };
         let mut head = serde_json::to_vec(&header).expect("header serialises");
@@ -225,29 +395,19 @@ impl BatchBuilder {
         let start = self.room - head.len();
         self.logs[start..self.room].copy_from_slice(&head);
         self.logs.extend_from_slice(&self.stats);
+        self.logs.extend_from_slice(&self.sources.lines);
         let data = &self.logs[start..];
         let raw_bytes = data.len();
-        let body = match compression {
-            Compression::None => data.to_vec(),
-            Compression::Gzip { level } => {
-                let out = Vec::with_capacity(raw_bytes / 6 + 64);
-                let mut enc = GzEncoder::new(out, flate2::Compression::new(level.min(9)));
-                enc.write_all(data).expect("writing to a Vec cannot fail");
-                enc.finish().expect("writing to a Vec cannot fail")
-            }
-            Compression::Zstd { level } => self.zstd.compress(data, level),
-        };
+        let body = compress(data, compression, &mut self.zstd);
         let batch = EncodedBatch {
             body,
             compression,
+            version: self.version,
             logs: self.log_count,
             stats: self.stats_count,
             raw_bytes,
         };
-        self.logs.truncate(self.room);
-        self.stats.clear();
-        self.log_count = 0;
-        self.stats_count = 0;
+        self.clear();
         batch
     }
 }
@@ -265,11 +425,11 @@ pub enum BatchError {
     Empty,
     #[error("line {line}: {reason}")]
     Line { line: usize, reason: String },
-    #[error("header says {expected} records but the body has {found}")]
+    #[error("header says {expected} lines after it but the body has {found}")]
     Count { expected: usize, found: usize },
 }
 
-/// The keys the aggregator needs from a log record, borrowed from the line.
+/// The keys the aggregator needs from a version 1 log record, borrowed from the line.
 #[derive(Debug, Deserialize)]
 pub struct RecordKeys<'a> {
     #[serde(borrow)]
@@ -301,14 +461,52 @@ pub struct LogFileKeys<'a> {
     pub fingerprint: Cow<'a, str>,
 }
 
-/// One log record of a decoded batch: its line and the keys that order and identify it.
+/// A string of a decoded record: a JSON string in the batch's data (quotes included), or text
+/// taken out of a version 1 record.
+#[derive(Debug, Clone)]
+enum Text {
+    Raw(Range<usize>),
+    Owned(Box<str>),
+}
+
+/// One log record of a decoded batch: where it is and the keys that order and identify it
+/// (read through [`DecodedBatch`]'s accessors).
 #[derive(Debug, Clone)]
 pub struct DecodedLog {
-    pub line: Range<usize>,
-    pub id: String,
-    pub fingerprint: String,
-    pub offset: u64,
-    pub timestamp: String,
+    /// The record's JSON in the batch's data (version 2: without its source's fields).
+    line: Range<usize>,
+    offset: u64,
+    /// Index into the batch's sources.
+    source: u32,
+    id: Text,
+    timestamp: Text,
+    /// Version 2: where, from the record's first byte, `"file":{…},` goes back in (the start
+    /// of `"offset":`) and where the other source fields do (just after the `log` object).
+    split: Option<(u32, u32)>,
+}
+
+impl DecodedLog {
+    /// `log.offset`.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// One source of a decoded batch.
+#[derive(Debug)]
+struct Source {
+    fingerprint: String,
+    /// Version 2: the fields and the bytes they expand to.
+    fields: Option<SourceFields>,
+}
+
+#[derive(Debug)]
+struct SourceFields {
+    line: SourceLine,
+    /// `"file":{…},`
+    file_member: Vec<u8>,
+    /// `,"container":{…},"kubernetes":{…},"host":{…}`
+    members: Vec<u8>,
 }
 
 /// A batch that passed validation.
@@ -319,12 +517,164 @@ pub struct DecodedBatch {
     pub data: Vec<u8>,
     pub logs: Vec<DecodedLog>,
     pub stats: Vec<StatsSample>,
+    sources: Vec<Source>,
 }
 
 impl DecodedBatch {
-    pub fn log_line(&self, log: &DecodedLog) -> &[u8] {
-        &self.data[log.line.clone()]
+    /// `log.file.fingerprint` of `log`.
+    pub fn fingerprint(&self, log: &DecodedLog) -> &str {
+        &self.sources[log.source as usize].fingerprint
     }
+
+    /// `event.id` of `log`.
+    pub fn id<'a>(&'a self, log: &'a DecodedLog) -> Cow<'a, str> {
+        self.text(&log.id)
+    }
+
+    /// `@timestamp` of `log`.
+    pub fn timestamp<'a>(&'a self, log: &'a DecodedLog) -> Cow<'a, str> {
+        self.text(&log.timestamp)
+    }
+
+    fn text<'a>(&'a self, text: &'a Text) -> Cow<'a, str> {
+        match text {
+            Text::Owned(s) => Cow::Borrowed(s),
+            Text::Raw(range) => {
+                let inner = &self.data[range.start + 1..range.end - 1];
+                if memchr::memchr(b'\\', inner).is_none() {
+                    String::from_utf8_lossy(inner)
+                } else {
+                    serde_json::from_slice::<String>(&self.data[range.clone()])
+                        .map(Cow::Owned)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(inner))
+                }
+            }
+        }
+    }
+
+    /// The value of a field of `log`'s source, when `path` (a dotted name split at its dots)
+    /// names one: `Some(None)` when the source has no such value, `None` when `path` is not a
+    /// source field or the batch (version 1) carries its records whole: then only the record
+    /// says. A string value, like [`crate`]'s readers of a record's field by path would find.
+    pub fn source_field(&self, log: &DecodedLog, path: &[&str]) -> Option<Option<&str>> {
+        let fields = self.sources[log.source as usize].fields.as_ref()?;
+        let line = &fields.line;
+        let c = &line.container;
+        let k = &line.kubernetes;
+        let value = match path {
+            ["log", "file", "path"] => Some(line.log.file.path.as_str()),
+            ["log", "file", "fingerprint"] => Some(line.log.file.fingerprint.as_str()),
+            ["log", "file", ..] => None,
+            ["host", "name"] => Some(line.host.name.as_str()),
+            ["container", "id"] => c.id.as_deref(),
+            ["container", "name"] => c.name.as_deref(),
+            ["container", "image", "name"] => c.image.name.as_deref(),
+            ["container", "labels", label] => c.labels.get(*label).map(String::as_str),
+            ["kubernetes", "namespace"] => k.namespace.as_deref(),
+            ["kubernetes", "pod", "name"] => k.pod.name.as_deref(),
+            ["kubernetes", "pod", "uid"] => k.pod.uid.as_deref(),
+            ["kubernetes", "container", "name"] => k.container.name.as_deref(),
+            ["host" | "container" | "kubernetes", ..] => None,
+            _ => return None,
+        };
+        Some(value)
+    }
+
+    /// Appends `log`'s whole record (no newline) to `out`: a version 2 record with its source's
+    /// fields put back, byte for byte what a version 1 batch carries. With `ingested`, the
+    /// record gets `event.ingested`; returns the length of the `"ingested":"…",` member written
+    /// right after `{"event":{` (the record without it is the record as sent), or `None` when
+    /// there was none or the record had to be re-encoded to take it (a version 1 record not
+    /// written by a ferry agent).
+    pub fn write_record(
+        &self,
+        log: &DecodedLog,
+        ingested: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let record = &self.data[log.line.clone()];
+        let Some((at, log_end)) = log.split else {
+            return match ingested {
+                Some(ingested) => splice_ingested_into(record, ingested, out),
+                None => {
+                    out.extend_from_slice(record);
+                    None
+                }
+            };
+        };
+        let fields = self.sources[log.source as usize]
+            .fields
+            .as_ref()
+            .expect("a version 2 record's source has fields");
+        let (at, log_end) = (at as usize, log_end as usize);
+        out.reserve(record.len() + fields.file_member.len() + fields.members.len() + 48);
+        let spliced = match ingested {
+            Some(ingested) => {
+                out.extend_from_slice(EVENT_PREFIX);
+                let before = out.len();
+                write_ingested_member(ingested, out);
+                let len = out.len() - before;
+                out.extend_from_slice(&record[EVENT_PREFIX.len()..at]);
+                Some(len)
+            }
+            None => {
+                out.extend_from_slice(&record[..at]);
+                None
+            }
+        };
+        out.extend_from_slice(&fields.file_member);
+        out.extend_from_slice(&record[at..log_end]);
+        out.extend_from_slice(&fields.members);
+        out.extend_from_slice(&record[log_end..]);
+        spliced
+    }
+
+    /// `log`'s whole record as a version 1 batch carries it.
+    pub fn record(&self, log: &DecodedLog) -> Cow<'_, [u8]> {
+        if log.split.is_none() {
+            return Cow::Borrowed(&self.data[log.line.clone()]);
+        }
+        let mut out = Vec::new();
+        self.write_record(log, None, &mut out);
+        Cow::Owned(out)
+    }
+
+    /// The same records as a version 1 batch (for an aggregator that predates version 2, and
+    /// for files an operator reads).
+    pub fn encode_v1(&self, compression: Compression) -> EncodedBatch {
+        let header = BatchHeader {
+            ferry: 1,
+            sources: 0,
+            ..self.header.clone()
+        };
+        let mut data = serde_json::to_vec(&header).expect("header serialises");
+        data.push(b'\n');
+        for log in &self.logs {
+            self.write_record(log, None, &mut data);
+            data.push(b'\n');
+        }
+        for sample in &self.stats {
+            serde_json::to_writer(&mut data, sample).expect("a StatsSample always serialises");
+            data.push(b'\n');
+        }
+        EncodedBatch {
+            body: compress(&data, compression, &mut ZstdContext::default()),
+            compression,
+            version: 1,
+            logs: self.logs.len(),
+            stats: self.stats.len(),
+            raw_bytes: data.len(),
+        }
+    }
+}
+
+const EVENT_PREFIX: &[u8] = b"{\"event\":{";
+
+/// `"ingested":"…",`
+fn write_ingested_member(ingested: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"ingested\":");
+    crate::json::write_str(out, ingested);
+    out.push(b',');
 }
 
 /// Decompresses (at most `max_decompressed` bytes) and validates a batch body.
@@ -334,6 +684,11 @@ pub fn decode_batch(
     max_decompressed: usize,
 ) -> Result<DecodedBatch, BatchError> {
     parse_body(decompress(body, compression, max_decompressed)?)
+}
+
+/// Validates a batch that is already decompressed (a queue entry).
+pub fn parse_batch(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
+    parse_body(data)
 }
 
 /// The NDJSON inside a batch body, refusing to grow past `max_decompressed` bytes.
@@ -385,45 +740,73 @@ fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
             line: 1,
             reason: format!("bad batch header: {e}"),
         })?;
-    if header.ferry != WIRE_VERSION {
+    if header.ferry != 1 && header.ferry != 2 {
         return Err(BatchError::Line {
             line: 1,
             reason: format!(
-                "batch format version {} is not supported (this build reads version {WIRE_VERSION})",
+                "{UNSUPPORTED_VERSION} {} is not supported (this build reads versions 1 and {WIRE_VERSION})",
                 header.ferry
             ),
         });
     }
-    let expected = header.logs + header.stats;
+    if header.ferry == 1 && header.sources != 0 {
+        return Err(BatchError::Line {
+            line: 1,
+            reason: "a version 1 batch has no source lines".into(),
+        });
+    }
+    let expected = header
+        .logs
+        .saturating_add(header.stats)
+        .saturating_add(header.sources);
     let mut logs = Vec::with_capacity(header.logs.min(1 << 20));
     let mut stats = Vec::new();
+    let mut sources = Vec::with_capacity(header.sources.min(1 << 16));
     let mut found = 0;
     for (line_no, range) in lines {
         found += 1;
         if found > expected {
             continue;
         }
-        let line = &data[range.clone()];
+        let bad = |reason: String| BatchError::Line {
+            line: line_no,
+            reason,
+        };
         if found <= header.logs {
-            let keys: RecordKeys<'_> =
-                serde_json::from_slice(line).map_err(|e| BatchError::Line {
-                    line: line_no,
-                    reason: format!("bad log record: {e}"),
-                })?;
-            logs.push(DecodedLog {
-                line: range,
-                id: keys.event.id.into_owned(),
-                fingerprint: keys.log.file.fingerprint.into_owned(),
-                offset: keys.log.offset,
-                timestamp: keys.timestamp.into_owned(),
-            });
-        } else {
-            let sample: StatsSample =
-                serde_json::from_slice(line).map_err(|e| BatchError::Line {
-                    line: line_no,
-                    reason: format!("bad stats sample: {e}"),
-                })?;
+            let log = if header.ferry == 1 {
+                v1_log(&data, range, &mut sources)
+            } else {
+                v2_log(&data, range, header.sources)
+            };
+            logs.push(log.map_err(bad)?);
+        } else if found <= header.logs + header.stats {
+            let sample: StatsSample = serde_json::from_slice(&data[range])
+                .map_err(|e| bad(format!("bad stats sample: {e}")))?;
             stats.push(sample);
+        } else {
+            let line: SourceLine = serde_json::from_slice(&data[range])
+                .map_err(|e| bad(format!("bad source line: {e}")))?;
+            let mut file_member = Vec::new();
+            write_file_member(
+                &mut file_member,
+                &line.log.file.path,
+                &line.log.file.fingerprint,
+            );
+            let mut members = Vec::new();
+            write_source_members(
+                &mut members,
+                &line.container,
+                &line.kubernetes,
+                &line.host.name,
+            );
+            sources.push(Source {
+                fingerprint: line.log.file.fingerprint.clone(),
+                fields: Some(SourceFields {
+                    line,
+                    file_member,
+                    members,
+                }),
+            });
         }
     }
     if found != expected {
@@ -434,7 +817,131 @@ fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
         data,
         logs,
         stats,
+        sources,
     })
+}
+
+/// A version 1 log record: parsed for its keys; its fingerprint joins `sources`.
+fn v1_log(
+    data: &[u8],
+    line: Range<usize>,
+    sources: &mut Vec<Source>,
+) -> Result<DecodedLog, String> {
+    let keys: RecordKeys<'_> =
+        serde_json::from_slice(&data[line.clone()]).map_err(|e| format!("bad log record: {e}"))?;
+    let fingerprint = keys.log.file.fingerprint;
+    if sources.last().is_none_or(|s| s.fingerprint != fingerprint) {
+        sources.push(Source {
+            fingerprint: fingerprint.into_owned(),
+            fields: None,
+        });
+    }
+    Ok(DecodedLog {
+        line,
+        offset: keys.log.offset,
+        source: (sources.len() - 1) as u32,
+        id: Text::Owned(keys.event.id.into()),
+        timestamp: Text::Owned(keys.timestamp.into()),
+        split: None,
+    })
+}
+
+/// A version 2 log record: `<record> <source> <offset position>`, its frame checked.
+fn v2_log(data: &[u8], line: Range<usize>, sources: usize) -> Result<DecodedLog, String> {
+    let bytes = &data[line.clone()];
+    let trailer = "a version 2 record ends with ` <source> <position>`";
+    let (rest, at) = split_number(bytes).ok_or(trailer)?;
+    let (rest, source) = split_number(rest).ok_or(trailer)?;
+    let record = rest;
+    if source >= sources as u64 {
+        return Err(format!(
+            "source {source} does not exist (the batch has {sources})"
+        ));
+    }
+    std::str::from_utf8(record).map_err(|e| format!("record is not UTF-8: {e}"))?;
+    const ID: &[u8] = b"{\"event\":{\"id\":";
+    if !record.starts_with(ID) {
+        return Err(
+            "a version 2 record begins with {\"event\":{\"id\": (event.ingested is the aggregator's to set)"
+                .into(),
+        );
+    }
+    let id = ID.len()..string_end(record, ID.len()).ok_or("bad event.id")?;
+    let mut pos = id.end;
+    if record[pos..].starts_with(b",\"created\":") {
+        pos = string_end(record, pos + 11).ok_or("bad event.created")?;
+    }
+    const TIMESTAMP: &[u8] = b"},\"@timestamp\":";
+    if !record[pos..].starts_with(TIMESTAMP) {
+        return Err("event is not followed by @timestamp".into());
+    }
+    let timestamp =
+        pos + TIMESTAMP.len()..string_end(record, pos + TIMESTAMP.len()).ok_or("bad @timestamp")?;
+    let at = usize::try_from(at).unwrap_or(usize::MAX);
+    let offset_member = b"\"offset\":";
+    if at <= timestamp.end
+        || !record
+            .get(at..)
+            .is_some_and(|r| r.starts_with(offset_member))
+        || !matches!(record[at - 1], b'{' | b',')
+    {
+        return Err(format!("position {at} is not where log.offset begins"));
+    }
+    let digits_at = at + offset_member.len();
+    let digits = record[digits_at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let offset = std::str::from_utf8(&record[digits_at..digits_at + digits])
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or("log.offset is not a number")?;
+    let mut end = digits_at + digits;
+    const FLAGS: &[u8] = b",\"flags\":[";
+    if record[end..].starts_with(FLAGS) {
+        end = memchr::memchr(b']', &record[end..])
+            .map(|i| end + i + 1)
+            .ok_or("unclosed log.flags")?;
+    }
+    // The log object ends here, and the record goes on after it.
+    if record.get(end) != Some(&b'}') || end + 2 > record.len() || record.last() != Some(&b'}') {
+        return Err("log does not end after offset and flags".into());
+    }
+    let shift = |r: Range<usize>| line.start + r.start..line.start + r.end;
+    Ok(DecodedLog {
+        line: line.start..line.start + record.len(),
+        offset,
+        source: source as u32,
+        id: Text::Raw(shift(id.start..id.end)),
+        timestamp: Text::Raw(shift(timestamp)),
+        split: Some((at as u32, (end + 1) as u32)),
+    })
+}
+
+/// `bytes` without its last ` <number>`, and the number.
+fn split_number(bytes: &[u8]) -> Option<(&[u8], u64)> {
+    let space = memchr::memrchr(b' ', bytes)?;
+    let digits = &bytes[space + 1..];
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((&bytes[..space], n))
+}
+
+/// The position just after the JSON string that starts at `start`.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    if bytes.get(start) != Some(&b'"') {
+        return None;
+    }
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
 }
 
 /// Non-empty lines of an NDJSON body with their 1-based line numbers (a `\r` before `\n` is dropped).
@@ -482,25 +989,30 @@ impl Iterator for LineRanges<'_> {
 /// Lines written by [`BatchBuilder`] start with `{"event":{`, so the field is spliced in without
 /// re-encoding; any other valid record is parsed and re-encoded.
 pub fn splice_ingested(line: &[u8], ingested: &str, out: &mut Vec<u8>) {
-    const PREFIX: &[u8] = b"{\"event\":{";
-    if line.starts_with(PREFIX) && !line[PREFIX.len()..].starts_with(b"\"ingested\"") {
-        out.extend_from_slice(PREFIX);
-        out.extend_from_slice(b"\"ingested\":");
-        serde_json::to_writer(&mut *out, ingested).expect("writing to a Vec cannot fail");
-        out.push(b',');
-        out.extend_from_slice(&line[PREFIX.len()..]);
-    } else {
-        match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(mut value) => {
-                if let Some(event) = value.get_mut("event").and_then(|e| e.as_object_mut()) {
-                    event.insert("ingested".into(), ingested.into());
-                }
-                serde_json::to_writer(&mut *out, &value).expect("writing to a Vec cannot fail");
-            }
-            Err(_) => out.extend_from_slice(line),
-        }
-    }
+    splice_ingested_into(line, ingested, out);
     out.push(b'\n');
+}
+
+/// [`splice_ingested`] without the newline; the length of the member spliced in, if it was.
+fn splice_ingested_into(line: &[u8], ingested: &str, out: &mut Vec<u8>) -> Option<usize> {
+    if line.starts_with(EVENT_PREFIX) && !line[EVENT_PREFIX.len()..].starts_with(b"\"ingested\"") {
+        out.extend_from_slice(EVENT_PREFIX);
+        let before = out.len();
+        write_ingested_member(ingested, out);
+        let len = out.len() - before;
+        out.extend_from_slice(&line[EVENT_PREFIX.len()..]);
+        return Some(len);
+    }
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(mut value) => {
+            if let Some(event) = value.get_mut("event").and_then(|e| e.as_object_mut()) {
+                event.insert("ingested".into(), ingested.into());
+            }
+            serde_json::to_writer(&mut *out, &value).expect("writing to a Vec cannot fail");
+        }
+        Err(_) => out.extend_from_slice(line),
+    }
+    None
 }
 
 #[cfg(test)]
@@ -538,46 +1050,211 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_gzip_and_plain() {
-        for compression in [
-            Compression::None,
-            Compression::Gzip { level: 1 },
-            Compression::Zstd { level: 1 },
-        ] {
-            // The header is written into room left before the records: a host name that needs
-            // escaping, and a builder used for several batches of different sizes.
-            let mut b = BatchBuilder::new("nöde \"1\"");
-            for n in [3, 0] {
-                for r in (0..n).map(record) {
-                    b.push_log(&r);
+    fn round_trips_through_every_compression_in_both_versions() {
+        for version in [1, 2] {
+            for compression in [
+                Compression::None,
+                Compression::Gzip { level: 1 },
+                Compression::Zstd { level: 1 },
+            ] {
+                // The header is written into room left before the records: a host name that
+                // needs escaping, and a builder used for several batches of different sizes.
+                let mut b = BatchBuilder::with_version("nöde \"1\"", version);
+                for n in [3, 0] {
+                    for r in (0..n).map(record) {
+                        b.push_log(&r);
+                    }
+                    let enc = b.finish(compression);
+                    assert_eq!(enc.version, version);
+                    let dec = decode_batch(&enc.body, compression, 1 << 20).unwrap();
+                    assert_eq!(
+                        (dec.header.host.as_str(), dec.logs.len()),
+                        ("nöde \"1\"", n as usize)
+                    );
                 }
-                let dec = decode_batch(&b.finish(compression).body, compression, 1 << 20).unwrap();
-                assert_eq!(
-                    (dec.header.host.as_str(), dec.logs.len()),
-                    ("nöde \"1\"", n as usize)
-                );
-            }
-            let records: Vec<_> = (0..50).map(record).collect();
-            for r in &records {
-                b.push_log(r);
-            }
-            b.push_stats(&StatsSample {
-                timestamp: "2026-11-28T08:00:00Z".into(),
-                metrics: [("container_cpu_usage_seconds_total".to_string(), 1.5)].into(),
-                ..Default::default()
-            });
-            let enc = b.finish(compression);
-            assert!(b.is_empty());
-            let dec = decode_batch(&enc.body, compression, 1 << 20).unwrap();
-            assert_eq!(dec.logs.len(), 50);
-            assert_eq!(dec.stats.len(), 1);
-            for (r, d) in records.iter().zip(&dec.logs) {
-                let back: LogRecord = serde_json::from_slice(dec.log_line(d)).unwrap();
-                assert_eq!(&back, r);
-                assert_eq!(d.offset, r.log.offset);
-                assert_eq!(d.id, r.event.id);
+                let records: Vec<_> = (0..50).map(record).collect();
+                for r in &records {
+                    b.push_log(r);
+                }
+                b.push_stats(&StatsSample {
+                    timestamp: "2026-11-28T08:00:00Z".into(),
+                    metrics: [("container_cpu_usage_seconds_total".to_string(), 1.5)].into(),
+                    ..Default::default()
+                });
+                let enc = b.finish(compression);
+                assert!(b.is_empty());
+                let dec = decode_batch(&enc.body, compression, 1 << 20).unwrap();
+                assert_eq!(dec.header.ferry, version);
+                assert_eq!(dec.logs.len(), 50);
+                assert_eq!(dec.stats.len(), 1);
+                for (r, d) in records.iter().zip(&dec.logs) {
+                    let back: LogRecord = serde_json::from_slice(&dec.record(d)).unwrap();
+                    assert_eq!(&back, r);
+                    assert_eq!(d.offset(), r.log.offset);
+                    assert_eq!(dec.id(d), r.event.id);
+                    assert_eq!(dec.fingerprint(d), r.log.file.fingerprint);
+                    assert_eq!(dec.timestamp(d), r.timestamp);
+                }
             }
         }
+    }
+
+    /// Random records of a few random sources, in runs and interleaved.
+    fn random_batch(rng: &mut fastrand::Rng) -> Vec<LogRecord> {
+        let sources: Vec<LogRecord> = (0..rng.usize(1..4))
+            .map(|_| crate::json::tests::random_record(rng))
+            .collect();
+        (0..rng.usize(1..30))
+            .map(|_| {
+                let source = &sources[rng.usize(..sources.len())];
+                let mut r = crate::json::tests::random_record(rng);
+                r.event.ingested = None;
+                r.log.file = source.log.file.clone();
+                r.container = source.container.clone();
+                r.kubernetes = source.kubernetes.clone();
+                r.host = source.host.clone();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn version_2_records_expand_to_the_bytes_version_1_carries() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut smaller = 0;
+        for _ in 0..500 {
+            let records = random_batch(&mut rng);
+            let mut v1 = BatchBuilder::with_version("h", 1);
+            let mut v2 = BatchBuilder::new("h");
+            for r in &records {
+                v1.push_log(r);
+                v2.push_log(r);
+            }
+            let (e1, e2) = (v1.finish(Compression::None), v2.finish(Compression::None));
+            smaller += usize::from(e2.raw_bytes < e1.raw_bytes);
+            let d1 = decode_batch(&e1.body, Compression::None, 1 << 20).unwrap();
+            let d2 = decode_batch(&e2.body, Compression::None, 1 << 20).unwrap();
+            assert_eq!(d2.logs.len(), records.len());
+            for ((l1, l2), r) in d1.logs.iter().zip(&d2.logs).zip(&records) {
+                for ingested in [None, Some("2026-11-28T09:00:00.000Z")] {
+                    let (mut o1, mut o2) = (Vec::new(), Vec::new());
+                    let s1 = d1.write_record(l1, ingested, &mut o1);
+                    let s2 = d2.write_record(l2, ingested, &mut o2);
+                    assert_eq!(String::from_utf8_lossy(&o2), String::from_utf8_lossy(&o1));
+                    assert_eq!(s1, s2);
+                    if let Some(len) = s2 {
+                        // Without the member spliced in: the record as sent.
+                        let mut without = o2[..EVENT_PREFIX.len()].to_vec();
+                        without.extend_from_slice(&o2[EVENT_PREFIX.len() + len..]);
+                        assert_eq!(without, &*d2.record(l2));
+                    }
+                }
+                assert_eq!(d2.id(l2), r.event.id);
+                assert_eq!(d2.timestamp(l2), r.timestamp);
+                assert_eq!(d2.fingerprint(l2), r.log.file.fingerprint);
+                assert_eq!((l1.offset(), l2.offset()), (r.log.offset, r.log.offset));
+                // A source field read from the source line is what the whole record says.
+                let whole: serde_json::Value = serde_json::from_slice(&d1.record(l1)).unwrap();
+                let mut paths = vec![
+                    "log.file.path",
+                    "log.file.fingerprint",
+                    "log.file",
+                    "host.name",
+                    "host",
+                    "container.id",
+                    "container.name",
+                    "container.image.name",
+                    "container.image",
+                    "kubernetes.namespace",
+                    "kubernetes.pod.name",
+                    "kubernetes.pod.uid",
+                    "kubernetes.container.name",
+                    "kubernetes.pod",
+                ];
+                let labels: Vec<String> = r
+                    .container
+                    .labels
+                    .keys()
+                    .filter(|k| !k.contains('.'))
+                    .map(|k| format!("container.labels.{k}"))
+                    .collect();
+                paths.extend(labels.iter().map(String::as_str));
+                for path in paths {
+                    let parts: Vec<&str> = path.split('.').collect();
+                    let mut value = &whole;
+                    for p in &parts {
+                        value = value.get(p).unwrap_or(&serde_json::Value::Null);
+                    }
+                    assert_eq!(
+                        d2.source_field(l2, &parts),
+                        Some(value.as_str()),
+                        "{path} of {whole}"
+                    );
+                    assert_eq!(
+                        d1.source_field(l1, &parts),
+                        None,
+                        "version 1: the record says"
+                    );
+                }
+                assert_eq!(d2.source_field(l2, &["log", "level"]), None);
+                assert_eq!(d2.source_field(l2, &["message"]), None);
+            }
+        }
+        assert!(
+            smaller > 450,
+            "version 2 smaller in {smaller} of 500 batches"
+        );
+    }
+
+    #[test]
+    fn a_version_2_batch_re_encodes_as_version_1() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let records = random_batch(&mut rng);
+        let mut b = BatchBuilder::new("h");
+        for r in &records {
+            b.push_log(r);
+        }
+        b.push_stats(&StatsSample {
+            timestamp: "2026-11-28T08:00:00Z".into(),
+            ..Default::default()
+        });
+        let mut v2 = decode_batch(
+            &b.finish(Compression::None).body,
+            Compression::None,
+            1 << 20,
+        )
+        .unwrap();
+        v2.header.retired = vec!["gone".into()];
+        for compression in [
+            Compression::Zstd { level: 1 },
+            Compression::Gzip { level: 1 },
+        ] {
+            let v1 = v2.encode_v1(compression);
+            assert_eq!((v1.version, v1.logs, v1.stats), (1, records.len(), 1));
+            let back = decode_batch(&v1.body, compression, 1 << 20).unwrap();
+            assert_eq!(back.header.ferry, 1);
+            assert_eq!(back.header.retired, ["gone"]);
+            assert_eq!(back.stats, v2.stats);
+            let got: Vec<LogRecord> = back
+                .logs
+                .iter()
+                .map(|l| serde_json::from_slice(&back.record(l)).unwrap())
+                .collect();
+            assert_eq!(got, records);
+        }
+    }
+
+    #[test]
+    fn an_old_aggregators_refusal_is_recognised() {
+        // What aggregators that read only version 1 answer (their BatchError::Line, as JSON).
+        let old = r#"{"error":"line 1: batch format version 2 is not supported (this build reads version 1)"}"#;
+        assert!(refused_for_version(old));
+        let body = b"{\"ferry\":3,\"host\":\"h\",\"logs\":0,\"stats\":0}\n";
+        let err = decode_batch(body, Compression::None, 1024).unwrap_err();
+        assert!(refused_for_version(&err.to_string()), "{err}");
+        assert!(!refused_for_version(
+            "line 2: bad log record: missing field `event`"
+        ));
     }
 
     #[test]
@@ -609,8 +1286,8 @@ mod tests {
     }
 
     #[test]
-    fn bad_record_names_its_line() {
-        let mut b = BatchBuilder::new("node");
+    fn bad_version_1_record_names_its_line() {
+        let mut b = BatchBuilder::with_version("node", 1);
         b.push_log(&record(1));
         let mut body = b.finish(Compression::None).body;
         let text = String::from_utf8(body.clone())
@@ -629,12 +1306,79 @@ mod tests {
     }
 
     #[test]
+    fn bad_version_2_frames_are_refused_naming_their_line() {
+        let mut b = BatchBuilder::new("node");
+        b.push_log(&record(1));
+        let body = String::from_utf8(b.finish(Compression::None).body).unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        let (head, good, source) = (lines[0], lines[1], lines[2]);
+        let (json, trailer) = good.rsplit_once(" 0 ").unwrap();
+        let at: usize = trailer.parse().unwrap();
+        let cases = [
+            (format!("{json} 1 {at}"), "source 1 does not exist"),
+            (format!("{json} 0"), "ends with"),
+            (format!("{json} 0 x{at}"), "ends with"),
+            (
+                format!("{json} 0 {}", at + 1),
+                "not where log.offset begins",
+            ),
+            (format!("{json} 0 99999"), "not where log.offset begins"),
+            (
+                format!(
+                    "{} 0 {}",
+                    json.replacen("{\"event\":{", "{\"event\":{\"ingested\":\"t\",", 1),
+                    at + 16
+                ),
+                "event.ingested",
+            ),
+            (
+                format!(
+                    "{} 0 {at}",
+                    json.replacen("\"@timestamp\"", "\"@timestanp\"", 1)
+                ),
+                "@timestamp",
+            ),
+            (
+                format!(
+                    "{} 0 {at}",
+                    json.replacen("\"offset\":100", "\"offset\":1e2", 1)
+                ),
+                "log does not end",
+            ),
+        ];
+        for (line, expected) in cases {
+            let body = format!("{head}\n{line}\n{source}\n");
+            match decode_batch(body.as_bytes(), Compression::None, 1 << 20) {
+                Err(BatchError::Line { line: 2, reason }) => {
+                    assert!(reason.contains(expected), "{reason} for {line}")
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let body = format!("{head}\n{good}\n{{\"log\":{{}}}}\n");
+        match decode_batch(body.as_bytes(), Compression::None, 1 << 20) {
+            Err(BatchError::Line { line: 3, reason }) => {
+                assert!(reason.contains("bad source line"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn count_mismatch_and_version_are_refused() {
         let body = b"{\"ferry\":1,\"host\":\"h\",\"logs\":3,\"stats\":0}\n";
         assert!(matches!(
             decode_batch(body, Compression::None, 1024),
             Err(BatchError::Count {
                 expected: 3,
+                found: 0
+            })
+        ));
+        let body = b"{\"ferry\":2,\"host\":\"h\",\"logs\":0,\"stats\":0,\"sources\":1}\n";
+        assert!(matches!(
+            decode_batch(body, Compression::None, 1024),
+            Err(BatchError::Count {
+                expected: 1,
                 found: 0
             })
         ));
@@ -660,20 +1404,39 @@ mod tests {
     #[test]
     fn random_bytes_never_panic() {
         let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..2000 {
+        let mut b = BatchBuilder::new("h");
+        b.push_log(&record(1));
+        let v2 = b.finish(Compression::None).body;
+        for _ in 0..4000 {
             let len = rng.usize(0..300);
-            let mut body: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let noise: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let prefix: &[u8] = match rng.u8(0..3) {
+                0 => b"{\"ferry\":1,\"host\":\"h\",\"logs\":1,\"stats\":0}\n",
+                1 => b"{\"ferry\":2,\"host\":\"h\",\"logs\":1,\"stats\":0,\"sources\":1}\n",
+                _ => b"",
+            };
+            let mut body = [prefix, &noise].concat();
             if rng.bool() {
-                body.splice(
-                    0..0,
-                    b"{\"ferry\":1,\"host\":\"h\",\"logs\":1,\"stats\":0}\n"
-                        .iter()
-                        .copied(),
-                );
+                // A valid version 2 batch with some bytes changed.
+                body = v2.clone();
+                for _ in 0..rng.usize(1..4) {
+                    let at = rng.usize(..body.len());
+                    body[at] = rng.u8(..);
+                }
             }
-            let _ = decode_batch(&body, Compression::None, 1 << 16);
-            let _ = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 16);
-            let _ = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 16);
+            for compression in [
+                Compression::None,
+                Compression::Gzip { level: 1 },
+                Compression::Zstd { level: 1 },
+            ] {
+                if let Ok(batch) = decode_batch(&body, compression, 1 << 16) {
+                    for log in &batch.logs {
+                        let mut out = Vec::new();
+                        batch.write_record(log, Some("t"), &mut out);
+                        let _ = (batch.id(log), batch.timestamp(log), batch.fingerprint(log));
+                    }
+                }
+            }
         }
     }
 }

@@ -18,6 +18,32 @@ pub fn write_log_record(
     escapes: &mut Escapes,
     extra: impl FnOnce(&mut Vec<u8>, &Escapes),
 ) {
+    write_record(out, record, escapes, extra, true);
+}
+
+/// [`write_log_record`] without the fields of the record's source (`log.file`, `container`,
+/// `kubernetes`, `host`), which a version 2 batch carries once per source. Returns where, from
+/// the record's first byte, `"file":{…},` goes back in (the start of `"offset":`); the rest of
+/// the source's fields go right after the `log` object (see [`crate::batch`]).
+pub(crate) fn write_log_record_without_source(
+    out: &mut Vec<u8>,
+    record: &LogRecord,
+    escapes: &mut Escapes,
+    extra: impl FnOnce(&mut Vec<u8>, &Escapes),
+) -> usize {
+    write_record(out, record, escapes, extra, false)
+}
+
+/// The one record writer; with `source` false it leaves out the source's fields and returns the
+/// position of `"offset":` relative to the record's start.
+fn write_record(
+    out: &mut Vec<u8>,
+    record: &LogRecord,
+    escapes: &mut Escapes,
+    extra: impl FnOnce(&mut Vec<u8>, &Escapes),
+    source: bool,
+) -> usize {
+    let start = out.len();
     out.extend_from_slice(b"{\"event\":{");
     if let Some(ingested) = &record.event.ingested {
         out.extend_from_slice(b"\"ingested\":");
@@ -47,11 +73,11 @@ pub fn write_log_record(
         write_str(out, level);
         out.push(b',');
     }
-    out.extend_from_slice(b"\"file\":{\"path\":");
-    write_str(out, &record.log.file.path);
-    out.extend_from_slice(b",\"fingerprint\":");
-    write_str(out, &record.log.file.fingerprint);
-    out.extend_from_slice(b"},\"offset\":");
+    if source {
+        write_file_member(out, &record.log.file.path, &record.log.file.fingerprint);
+    }
+    let offset_at = out.len() - start;
+    out.extend_from_slice(b"\"offset\":");
     write_u64(out, record.log.offset);
     if !record.log.flags.is_empty() {
         out.extend_from_slice(b",\"flags\":[");
@@ -66,15 +92,14 @@ pub fn write_log_record(
         out.push(b']');
     }
     out.push(b'}');
-    if !record.container.is_empty() {
-        write_container(out, &record.container);
+    if source {
+        write_source_members(
+            out,
+            &record.container,
+            &record.kubernetes,
+            &record.host.name,
+        );
     }
-    if !record.kubernetes.is_empty() {
-        write_kubernetes(out, &record.kubernetes);
-    }
-    out.extend_from_slice(b",\"host\":{\"name\":");
-    write_str(out, &record.host.name);
-    out.push(b'}');
     for (key, value) in &record.fields {
         out.push(b',');
         write_str(out, key);
@@ -82,6 +107,36 @@ pub fn write_log_record(
         serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
     extra(out, escapes);
+    out.push(b'}');
+    offset_at
+}
+
+/// `"file":{"path":…,"fingerprint":…},`: a record's `log.file`, as the first member of `log`
+/// before `"offset"`.
+pub(crate) fn write_file_member(out: &mut Vec<u8>, path: &str, fingerprint: &str) {
+    out.extend_from_slice(b"\"file\":{\"path\":");
+    write_str(out, path);
+    out.extend_from_slice(b",\"fingerprint\":");
+    write_str(out, fingerprint);
+    out.extend_from_slice(b"},");
+}
+
+/// `,"container":{…},"kubernetes":{…},"host":{…}` (the first two only when not empty): the
+/// members that follow a record's `log` object.
+pub(crate) fn write_source_members(
+    out: &mut Vec<u8>,
+    container: &Container,
+    kubernetes: &Kubernetes,
+    host: &str,
+) {
+    if !container.is_empty() {
+        write_container(out, container);
+    }
+    if !kubernetes.is_empty() {
+        write_kubernetes(out, kubernetes);
+    }
+    out.extend_from_slice(b",\"host\":{\"name\":");
+    write_str(out, host);
     out.push(b'}');
 }
 
@@ -284,7 +339,7 @@ pub fn write_plain_str(out: &mut Vec<u8>, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::*;
 
@@ -297,7 +352,7 @@ mod tests {
             .collect()
     }
 
-    fn random_record(rng: &mut fastrand::Rng) -> LogRecord {
+    pub(crate) fn random_record(rng: &mut fastrand::Rng) -> LogRecord {
         let opt = |rng: &mut fastrand::Rng| rng.bool().then(|| random_string(rng));
         let mut fields = serde_json::Map::new();
         for _ in 0..rng.usize(0..3) {

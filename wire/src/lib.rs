@@ -3,7 +3,8 @@
 //! A [`LogRecord`] is an Elastic Common Schema document (`@timestamp`, `message`,
 //! `log.*`, `container.*`, `kubernetes.*`, …); a [`StatsSample`] carries one container's
 //! cgroup figures under cAdvisor's metric names. A batch is NDJSON: one header line, then the
-//! log records, then the stats samples, optionally gzip-compressed (see [`batch`]).
+//! log records, then the stats samples, then (version 2) the fields each source's records
+//! share, carried once; optionally zstd- or gzip-compressed (see [`batch`]).
 //! This crate does no I/O beyond byte buffers and knows nothing of files, sockets or stores.
 #![forbid(unsafe_code)]
 
@@ -14,8 +15,9 @@ mod json;
 mod record;
 
 pub use batch::{
-    decode_batch, decompress, splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression,
-    DecodedBatch, EncodedBatch, RecordKeys, WIRE_VERSION,
+    decode_batch, decompress, parse_batch, refused_for_version, splice_ingested, BatchBuilder,
+    BatchError, BatchHeader, Compression, DecodedBatch, DecodedLog, EncodedBatch, RecordKeys,
+    WIRE_VERSION,
 };
 pub use exposition::{escape_label_value, render_container_metrics, DurationHistogram};
 pub use id::{event_id, source_id};

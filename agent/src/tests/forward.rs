@@ -277,3 +277,72 @@ async fn output_discard_builds_every_record_sends_nothing_and_moves_the_checkpoi
     assert!(agg.requests().is_empty(), "{:?}", agg.requests().len());
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_carry_each_sources_fields_once_and_arrive_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    append(&dir.path().join("logs/a.log"), &lines("a", 0..30));
+    append(&dir.path().join("logs/b.log"), &lines("b", 0..30));
+    let agg = TestAggregator::start().await;
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    wait_until("all lines stored", || agg.stored().len() == 60).await;
+    let reqs = agg.requests();
+    assert!(
+        reqs.iter().all(|r| r.version == ferry_wire::WIRE_VERSION),
+        "{:?}",
+        reqs.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
+    for name in ["a", "b"] {
+        let path = dir.path().join(format!("logs/{name}.log"));
+        let got: Vec<_> = agg
+            .stored()
+            .into_iter()
+            .filter(|r| r.log.file.path == path.display().to_string())
+            .collect();
+        assert_eq!(
+            got.iter().map(|r| r.message.clone()).collect::<Vec<_>>(),
+            lines(name, 0..30)
+        );
+        assert!(got.iter().all(|r| r.host.name == "test-node"
+            && r.log.file.fingerprint == got[0].log.file.fingerprint
+            && r.event.id == ferry_wire::event_id(&r.log.file.fingerprint, r.log.offset)));
+    }
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("a", 0..20));
+    let agg = TestAggregator::start().await;
+    agg.state
+        .reads_only_version_1
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    wait_until("all lines stored", || agg.stored().len() == 20).await;
+    append(&log, &lines("b", 0..10));
+    wait_until("later lines stored", || agg.stored().len() == 30).await;
+    let mut expected = lines("a", 0..20);
+    expected.extend(lines("b", 0..10));
+    assert_eq!(agg.stored_messages(), expected);
+    let reqs = agg.requests();
+    // One refusal of version 2, then version 1 only (within the fallback's time).
+    assert_eq!(
+        reqs.iter()
+            .map(|r| (r.version, r.status))
+            .filter(|r| r.1 != 200)
+            .collect::<Vec<_>>(),
+        [(2, 400)]
+    );
+    assert!(reqs
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.version == 1));
+    // Not a refused batch: nothing dead-lettered, no error counted.
+    assert!(!dir.path().join("data/dead-letter").exists());
+    assert_eq!(agent.metrics.send_errors_of(SendError::Rejected), 0);
+    agent.shutdown().await;
+}

@@ -24,6 +24,8 @@ pub struct Seen {
     pub at: Instant,
     pub status: u16,
     pub auth: Option<String>,
+    /// The batch format version.
+    pub version: u32,
     pub records: Vec<LogRecord>,
 }
 
@@ -34,6 +36,8 @@ pub struct State {
     pub script: Mutex<VecDeque<(u16, Option<u64>)>>,
     /// Answer 413 to batches with more records than this.
     pub max_records: Mutex<Option<usize>>,
+    /// Answer like an aggregator that predates batch format version 2.
+    pub reads_only_version_1: std::sync::atomic::AtomicBool,
     /// Accepted records, replays dropped by a per-fingerprint high-water mark (like the aggregator).
     pub stored: Mutex<Vec<LogRecord>>,
     /// Accepted records, every copy (to count replays).
@@ -115,8 +119,29 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
     let records: Vec<LogRecord> = batch
         .logs
         .iter()
-        .map(|l| serde_json::from_slice(batch.log_line(l)).unwrap())
+        .map(|l| serde_json::from_slice(&batch.record(l)).unwrap())
         .collect();
+    let version = batch.header.ferry;
+    if version != 1
+        && st
+            .reads_only_version_1
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // Word for word what such an aggregator answers.
+        let text = format!(
+            r#"{{"error":"line 1: batch format version {version} is not supported (this build reads version 1)"}}"#
+        );
+        st.requests.lock().unwrap().push(Seen {
+            at: Instant::now(),
+            status: 400,
+            auth,
+            version,
+            records,
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return resp;
+    }
     let scripted = st.script.lock().unwrap().pop_front();
     let too_many = st
         .max_records
@@ -147,6 +172,7 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         at: Instant::now(),
         status,
         auth,
+        version,
         records,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("answer {status}"))));

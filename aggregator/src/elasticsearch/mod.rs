@@ -50,7 +50,7 @@ use crate::queue::{ConsumerId, Position, Queue, QueueError, QueueReader, Wait};
 use crate::sink_metrics::{BulkOutcome, DeadLetterDestination, ItemResult, SinkMetrics};
 use bootstrap::BootstrapError;
 use dead_letter::{DeadLetter, DeadLetterFiles};
-use document::{Document, Router};
+use document::{Document, Original, Router};
 use retry::{Backoff, Failures};
 use service::{Answer, Nodes};
 use settlement::{item_verdict, read_items, request_verdict, ItemVerdict, RequestVerdict};
@@ -316,7 +316,7 @@ fn read_entries(
     loop {
         let read = match reader.next(Wait::Block) {
             Ok(Some(entry)) => {
-                let docs = match router.documents(&entry.data, Utc::now()) {
+                let docs = match router.documents(entry.data, Utc::now()) {
                     Ok(docs) => docs,
                     Err(e) => {
                         // Ingest validated it; only damage that kept its checksum gets here.
@@ -868,7 +868,7 @@ impl Driver {
                         index: Arc::clone(&item.doc.index),
                         status,
                         error: error.unwrap_or_else(|| "null".into()),
-                        original: item.doc.original.clone(),
+                        original: item.doc.original(),
                         position: self.window[(item.entry - self.base) as usize].end,
                     };
                     letters.push((item, letter));
@@ -910,7 +910,7 @@ impl Driver {
                                 id: item.doc.id.clone(),
                                 index: Arc::clone(index),
                                 source: Bytes::from(letter.index_document(&self.config.name, at)),
-                                original: Bytes::new(),
+                                original: Original::Bytes(Bytes::new()),
                             };
                             self.fresh.push_front(Item {
                                 doc: copy,

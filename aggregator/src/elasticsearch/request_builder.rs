@@ -41,6 +41,7 @@ pub(crate) fn gzip(body: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::document::Original;
     use super::*;
     use bytes::Bytes;
     use std::io::Read;
@@ -50,7 +51,7 @@ mod tests {
             id: id.into(),
             index: index.into(),
             source: Bytes::copy_from_slice(source.as_bytes()),
-            original: Bytes::new(),
+            original: Original::Bytes(Bytes::new()),
         }
     }
 
