@@ -218,6 +218,21 @@ pub fn checkpoint_offsets(dir: &Path) -> HashMap<String, u64> {
         .collect()
 }
 
+/// The fingerprints of the checkpoint's finished (rotated, read to the end, still on disk) sources.
+pub fn checkpoint_finished(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(dir.join("data/checkpoints.json")) else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    doc["sources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["finished"] == serde_json::Value::Bool(true))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// Appends `lines` (each + `\n`) to `path`.
 pub fn append(path: &Path, lines: &[String]) {
     use std::io::Write;
