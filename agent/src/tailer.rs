@@ -219,6 +219,9 @@ struct TailedFile {
     tail: Vec<u8>,
     /// The size at the last look (what is known to have been there).
     size_seen: u64,
+    /// An older rotated file of the same log, read first: this one is not read until that one
+    /// has been read to its end once.
+    after: Option<FileKey>,
 }
 
 impl TailedFile {
@@ -242,6 +245,7 @@ impl TailedFile {
             eof_since: None,
             tail: Vec::new(),
             size_seen: 0,
+            after: None,
         }
     }
 
@@ -641,7 +645,6 @@ impl Tailer {
     fn scan(&mut self) {
         let found = discover(&self.s.include, &self.s.exclude);
         let mut seen = HashSet::with_capacity(found.len());
-        let mut new_paths = Vec::new();
         for (path, meta) in found {
             let key = FileKey::of(&meta);
             if !seen.insert(key) {
@@ -710,7 +713,6 @@ impl Tailer {
             let mut f = TailedFile::new(key, path.clone(), file, group, decoder);
             f.start_at_end = start_at_end;
             self.files.insert(key, f);
-            new_paths.push(path);
         }
         for f in self.files.values_mut() {
             f.matched = seen.contains(&f.key);
@@ -734,13 +736,20 @@ impl Tailer {
                 self.removals.extend(entries.into_iter().map(|(fp, _)| fp));
             }
         }
-        // The rotated siblings of newly met files. At the first start with `read_from = end`,
-        // and after an upgrade from a checkpoint that does not list finished files, the siblings
-        // on disk count as read.
+        // Rotated siblings nobody read (a file met after its first rotations, or generations
+        // written, rotated or copied and truncated between two looks). At the first start with
+        // `read_from = end`, and after an upgrade from a checkpoint that does not list finished
+        // files, the siblings on disk count as read.
         let adopt =
             first_scan && (self.legacy || (self.first_start && self.s.read_from == ReadFrom::End));
-        for path in new_paths {
-            self.catch_up(&path, adopt);
+        let live: Vec<(PathBuf, FileKey)> = self
+            .files
+            .values()
+            .filter(|f| f.matched)
+            .map(|f| (f.home.clone(), f.key))
+            .collect();
+        for (path, key) in live {
+            self.catch_up(&path, key, adopt);
         }
         self.prune_finished();
         self.metrics
@@ -748,10 +757,10 @@ impl Tailer {
             .store(self.files.len() as u64, Relaxed);
     }
 
-    /// Whether `sibling` is a file this agent reads or has read: open, checkpointed, or finished
-    /// (same inode and head).
-    fn claimed(&self, sibling: &Sibling) -> bool {
-        if self.files.contains_key(&sibling.key) || self.restored.contains_key(&sibling.key) {
+    /// Whether `sibling` is a file this agent reads or has read: open, or finished (same inode
+    /// and head).
+    fn taken(&self, sibling: &Sibling) -> bool {
+        if self.files.contains_key(&sibling.key) {
             return true;
         }
         self.finished.get(&sibling.key).is_some_and(|(_, e)| {
@@ -762,10 +771,47 @@ impl Tailer {
         })
     }
 
-    /// The rotated siblings of `live` nobody read are read (oldest first, each as its own
-    /// source), or with `adopt`, recorded as finished without reading them.
-    fn catch_up(&mut self, live: &std::path::Path, adopt: bool) {
+    /// [`Tailer::taken`], or it may hold a source not finished yet: a checkpointed one not
+    /// resumed yet (same inode, or the same head), or an open one (a copy holding what was read
+    /// of it, made before the truncation that the agent has not seen yet).
+    fn claimed(&self, sibling: &Sibling) -> bool {
+        if self.taken(sibling) || self.restored.contains_key(&sibling.key) {
+            return true;
+        }
+        let Ok(file) = File::open(&sibling.path) else {
+            return true; // gone meanwhile: nothing to read
+        };
+        let Ok(Some(head)) = Head::read(&file) else {
+            return true; // no head yet: looked at again next time
+        };
+        let hash = head.hash();
+        let restored = self
+            .restored
+            .values()
+            .flatten()
+            .any(|(_, e)| e.head_hash == hash && sibling.len >= e.offset);
+        restored
+            || self.files.values().any(|f| {
+                f.source.as_ref().is_some_and(|s| {
+                    s.head_hash == hash
+                        && sibling.len >= f.pos
+                        && (f.tail.is_empty()
+                            || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail)))
+                })
+            })
+    }
+
+    /// The rotated siblings of `live` (the file `live_key`) nobody read are read (oldest first,
+    /// each as its own source, the live file last), or with `adopt`, recorded as finished without
+    /// reading them.
+    fn catch_up(&mut self, live: &std::path::Path, live_key: FileKey, adopt: bool) {
+        let mut prev = None;
+        let mut caught = false;
         for sibling in siblings(live, &self.s.rotated_suffixes) {
+            if self.files.contains_key(&sibling.key) {
+                prev = Some(sibling.key);
+                continue;
+            }
             if sibling.compressed || self.claimed(&sibling) {
                 continue;
             }
@@ -807,7 +853,13 @@ impl Tailer {
             );
             f.group = sibling.path;
             f.matched = false;
+            f.after = prev;
+            prev = Some(sibling.key);
+            caught = true;
             self.files.insert(sibling.key, f);
+        }
+        if let Some(f) = self.files.get_mut(&live_key).filter(|_| caught) {
+            f.after = prev.filter(|k| *k != live_key);
         }
     }
 
@@ -838,7 +890,7 @@ impl Tailer {
         let holder = all
             .iter()
             .filter(|s| !s.compressed && s.len >= entry.offset)
-            .filter(|s| Some(s.key) == key || !self.claimed(s))
+            .filter(|s| Some(s.key) == key || !self.taken(s))
             .find_map(|s| {
                 let file = File::open(&s.path).ok()?;
                 holds(&file, &entry.head_hash, entry.offset, tail).then(|| (s.clone(), file))
@@ -940,7 +992,7 @@ impl Tailer {
         let copy = siblings(&home, &self.s.rotated_suffixes)
             .into_iter()
             .filter(|s| !s.compressed && s.len >= pos && s.key != key)
-            .filter(|s| !self.claimed(s))
+            .filter(|s| !self.taken(s))
             .find_map(|s| {
                 let file = File::open(&s.path).ok()?;
                 holds(&file, &head_hash, pos, tail.as_deref()).then_some((s, file))
@@ -983,6 +1035,8 @@ impl Tailer {
                 f.skipping = false;
                 f.reported = None;
                 f.eof_since = None;
+                // The source's rest first, then the file's new contents.
+                f.after = Some(sibling.key);
                 g.files += 1;
                 self.files.insert(sibling.key, moved);
             }
@@ -1001,6 +1055,9 @@ impl Tailer {
                 restart_truncated(f, g, &mut ctx, &mut self.removals, len);
             }
         }
+        // Generations written, copied and truncated while the agent was not looking are in
+        // copies nobody read: read them before the file's new contents.
+        self.catch_up(&home, key, false);
     }
 
     /// One turn over every file. `Err` when the forwarder is gone.
@@ -1010,6 +1067,19 @@ impl Tailer {
         let mut progressed = false;
         for key in keys {
             loop {
+                // An older rotated file of the same log is read to its end first.
+                if let Some(after) = self.files.get(&key).and_then(|f| f.after) {
+                    let waiting = self
+                        .files
+                        .get(&after)
+                        .is_some_and(|p| p.eof_since.is_none());
+                    if waiting {
+                        break;
+                    }
+                    if let Some(f) = self.files.get_mut(&key) {
+                        f.after = None;
+                    }
+                }
                 // Before every read: a truncation (even one refilled past our position while we
                 // waited for the forwarder) must not be read on from the old position.
                 self.check_truncation(key);
@@ -1018,7 +1088,11 @@ impl Tailer {
                 };
                 if f.source.is_none() {
                     match establish(f, &self.s.host_name, &mut self.restored, &mut self.removals) {
-                        Established::NoHead => break,
+                        Established::NoHead => {
+                            // Nothing to read yet: at its end, as far as the files after it go.
+                            f.eof_since.get_or_insert_with(Instant::now);
+                            break;
+                        }
                         Established::Ready => {}
                         Established::Replaced(fp, entry) => {
                             self.follow(fp, entry, None, LostReason::Truncated);
