@@ -1,11 +1,14 @@
 //! The position database: how far each source has been delivered, kept across restarts.
 //!
 //! On disk it is `<data_dir>/checkpoints.json`, a versioned document
-//! `{"version":1,"sources":{"<fingerprint>":{path,dev,ino,head_hash,generation,offset}}}`,
-//! replaced atomically (temp file, `sync_all`, `rename`, fsync of the directory). A leftover temp
-//! file from a crash is removed at load; a file that cannot be read as a checkpoint is moved aside
-//! with a warning, never a crash. This module stores what it is told: only the forwarder applies
-//! updates, and only after the aggregator acknowledged the records before them.
+//! `{"version":2,"sources":{"<fingerprint>":{path,dev,ino,head_hash,generation,offset,tail_hash,
+//! finished}}}`, replaced atomically (temp file, `sync_all`, `rename`, fsync of the directory).
+//! Version 1 (without `tail_hash` and `finished`) is still read. A leftover temp file from a crash
+//! is removed at load; a file that cannot be read as a checkpoint is moved aside with a warning,
+//! never a crash; a document of a newer version than this build writes stops the start with an
+//! error (reading it as corrupt would read every file again from its start). This module stores
+//! what it is told: only the forwarder applies updates, and only after the aggregator
+//! acknowledged the records before them.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +21,7 @@ use tracing::warn;
 const FILE_NAME: &str = "checkpoints.json";
 const TMP_NAME: &str = "checkpoints.json.tmp";
 /// The format version this build writes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Where one source stands: the first byte not yet delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +36,15 @@ pub(crate) struct Entry {
     pub generation: u32,
     /// Byte offset to resume reading at.
     pub offset: u64,
+    /// xxh3-64 of the (at most [`crate::fingerprint::TAIL_BYTES`]) bytes just before `offset`:
+    /// a file that holds the same head but other bytes there is not this source (it was truncated
+    /// and written again). Absent at offset 0 and in version 1 documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_hash: Option<String>,
+    /// The file was read to its end and closed after it was rotated away; the entry stays while
+    /// the file is still on disk, so the agent knows it was read and never reads it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
 }
 
 /// A change to the checkpoint: a source's new position, or `None` to forget the source.
@@ -41,10 +53,10 @@ pub(crate) type Update = (String, Option<Entry>);
 /// Fingerprint → entry.
 pub(crate) type Sources = BTreeMap<String, Entry>;
 
-/// The version-1 document.
+/// The version-1 and version-2 document (version 2 added optional entry fields).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct V1 {
+struct Document {
     version: u32,
     sources: Sources,
 }
@@ -64,6 +76,8 @@ pub enum CheckpointError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot move corrupt checkpoint file {path} aside: {source}")]
     MoveAside { path: PathBuf, source: io::Error },
+    #[error("checkpoint file {path} has version {version}, written by a newer ferry (this build reads versions 1 to {VERSION}); run the newer agent, or move the file away to read every file again from its start")]
+    Newer { path: PathBuf, version: u32 },
 }
 
 /// Why the bytes of a checkpoint file are not a checkpoint.
@@ -71,8 +85,10 @@ pub enum CheckpointError {
 enum ParseError {
     #[error("not a checkpoint document: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("checkpoint version {0} is not supported (this build reads version {VERSION})")]
+    #[error("checkpoint version {0} is not supported (this build reads versions 1 to {VERSION})")]
     Version(u32),
+    #[error("checkpoint version {0} is newer than this build")]
+    Newer(u32),
 }
 
 /// The checkpoint file of one data directory and the acknowledged positions in memory.
@@ -90,6 +106,9 @@ pub(crate) struct Loaded {
     pub checkpointer: Checkpointer,
     /// Whether a checkpoint file (readable or not) existed: false only at the very first start.
     pub existed: bool,
+    /// The file was a version 1 document: it does not list the rotated files already read, so
+    /// the rotated files on disk at this start are not read as new.
+    pub legacy: bool,
 }
 
 impl Checkpointer {
@@ -114,12 +133,20 @@ impl Checkpointer {
                 return Ok(Loaded {
                     checkpointer,
                     existed: false,
+                    legacy: false,
                 })
             }
             Err(source) => return Err(CheckpointError::Read { path, source }),
         };
+        let mut legacy = false;
         match parse(&bytes) {
-            Ok(sources) => checkpointer.sources = sources,
+            Ok((version, sources)) => {
+                checkpointer.sources = sources;
+                legacy = version == 1;
+            }
+            Err(ParseError::Newer(version)) => {
+                return Err(CheckpointError::Newer { path, version })
+            }
             Err(e) => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -135,6 +162,7 @@ impl Checkpointer {
         Ok(Loaded {
             checkpointer,
             existed: true,
+            legacy,
         })
     }
 
@@ -157,7 +185,7 @@ impl Checkpointer {
 
     /// The current document, ready for [`write_file`].
     pub fn encode(&self) -> Vec<u8> {
-        let doc = V1 {
+        let doc = Document {
             version: VERSION,
             sources: self.sources.clone(),
         };
@@ -176,10 +204,12 @@ impl Checkpointer {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<Sources, ParseError> {
+/// The document's version and sources.
+fn parse(bytes: &[u8]) -> Result<(u32, Sources), ParseError> {
     let VersionOnly { version } = serde_json::from_slice(bytes)?;
     match version {
-        1 => Ok(serde_json::from_slice::<V1>(bytes)?.sources),
+        1 | 2 => Ok((version, serde_json::from_slice::<Document>(bytes)?.sources)),
+        v if v > VERSION => Err(ParseError::Newer(v)),
         other => Err(ParseError::Version(other)),
     }
 }
@@ -221,6 +251,8 @@ mod tests {
             head_hash: "00000000000000ff".into(),
             generation: 0,
             offset,
+            tail_hash: None,
+            finished: false,
         }
     }
 
@@ -240,7 +272,7 @@ mod tests {
         assert!(!dir.path().join(TMP_NAME).exists());
 
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(text.contains("\"version\": 2"), "{text}");
         let again = Checkpointer::load(dir.path()).unwrap();
         assert!(again.existed);
         assert_eq!(again.checkpointer.sources().len(), 1);
@@ -280,10 +312,41 @@ mod tests {
 
         fs::write(
             dir.path().join(FILE_NAME),
-            b"{\"version\":7,\"sources\":{}}",
+            b"{\"version\":0,\"sources\":{}}",
         )
         .unwrap();
         let loaded = Checkpointer::load(dir.path()).unwrap();
         assert!(loaded.checkpointer.sources().is_empty());
+    }
+
+    #[test]
+    fn newer_version_is_refused_not_read_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = b"{\"version\":3,\"sources\":{\"a\":{\"what\":1}}}";
+        fs::write(dir.path().join(FILE_NAME), doc).unwrap();
+        let err = Checkpointer::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::Newer { version: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer ferry"), "{err}");
+        assert_eq!(
+            fs::read(dir.path().join(FILE_NAME)).unwrap(),
+            doc,
+            "left as it was"
+        );
+    }
+
+    #[test]
+    fn version_1_documents_are_read_as_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(FILE_NAME),
+            br#"{"version":1,"sources":{"a":{"path":"/var/log/x.log","dev":1,"ino":2,"head_hash":"00000000000000ff","generation":0,"offset":9}}}"#,
+        )
+        .unwrap();
+        let loaded = Checkpointer::load(dir.path()).unwrap();
+        assert!(loaded.legacy);
+        assert_eq!(loaded.checkpointer.sources()["a"], entry(9));
     }
 }

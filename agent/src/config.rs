@@ -66,6 +66,16 @@ pub struct AgentConfig {
     /// open once it is read to its end (a writer may still be finishing its last lines), in
     /// milliseconds. Default 5000.
     pub rotate_wait_ms: u64,
+    /// Where a file's rotated copies are looked for: glob patterns matched against what follows
+    /// the file's name in its own directory (`app.log` → `app.log.1`: the pattern sees `.1`).
+    /// A source whose file moved away or was truncated while the agent was not looking is
+    /// finished in the sibling that holds it (same inode, or same head and the same bytes before
+    /// the checkpoint), and the siblings of a newly met file that the agent never read are read
+    /// first, oldest first. Siblings whose name ends in `.gz`, `.zst`, `.bz2`, `.xz`, `.lz4`,
+    /// `.zip` or `.Z` are never read. Default `[".[0-9]*", "-[0-9]*"]`: Docker's `X-json.log.1`,
+    /// the kubelet's `0.log.<timestamp>`, logrotate's `name.1` and `name-<date>`. Empty: rotated
+    /// copies are never looked for.
+    pub rotated_suffixes: Vec<String>,
     /// A batch is sealed once its uncompressed size reaches this many bytes. Default 1048576.
     pub batch_max_bytes: usize,
     /// A batch is sealed once it holds this many records. Default 10000.
@@ -221,6 +231,10 @@ pub const fn default_glob_interval_ms() -> u64 {
 pub const fn default_rotate_wait_ms() -> u64 {
     5000
 }
+/// Default for [`AgentConfig::rotated_suffixes`].
+pub fn default_rotated_suffixes() -> Vec<String> {
+    vec![".[0-9]*".to_string(), "-[0-9]*".to_string()]
+}
 /// Default for [`AgentConfig::batch_max_bytes`].
 pub const fn default_batch_max_bytes() -> usize {
     1024 * 1024
@@ -290,6 +304,7 @@ impl Default for AgentConfig {
             poll_interval_ms: default_poll_interval_ms(),
             glob_interval_ms: default_glob_interval_ms(),
             rotate_wait_ms: default_rotate_wait_ms(),
+            rotated_suffixes: default_rotated_suffixes(),
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_records: default_batch_max_records(),
             batch_max_age_ms: default_batch_max_age_ms(),
@@ -402,7 +417,11 @@ impl AgentConfig {
                 "at least one glob pattern is needed".into(),
             );
         }
-        for (name, list) in [("include", &self.include), ("exclude", &self.exclude)] {
+        for (name, list) in [
+            ("include", &self.include),
+            ("exclude", &self.exclude),
+            ("rotated_suffixes", &self.rotated_suffixes),
+        ] {
             for (i, pattern) in list.iter().enumerate() {
                 if let Err(e) = glob::Pattern::new(pattern) {
                     bad(

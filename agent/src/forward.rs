@@ -300,7 +300,7 @@ impl Forwarder {
                     self.metrics.batches_sent.fetch_add(1, Relaxed);
                 }
                 Outcome::TooLarge => match split(&batch, &self.host) {
-                    Some((a, b)) => {
+                    Ok(Some((a, b))) => {
                         info!(
                             records = batch.logs,
                             "Aggregator refused the batch as too large; splitting it"
@@ -308,9 +308,19 @@ impl Forwarder {
                         queue.push_front(b);
                         queue.push_front(a);
                     }
-                    None => {
+                    Ok(None) => {
                         let reason = "413 Payload Too Large for a single record";
                         if !self.dead_letter(&batch, reason).await {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "413 Payload Too Large, and the batch of {} records cannot be split: {e}",
+                            batch.logs + batch.stats
+                        );
+                        error!(%reason, "Cannot split a batch the aggregator refused as too large");
+                        if !self.dead_letter(&batch, &reason).await {
                             return false;
                         }
                     }
@@ -435,7 +445,7 @@ impl Forwarder {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let base = self
             .dead_letter_dir
-            .join(format!("{stamp}-{}", self.dead_letter_seq));
+            .join(format!("{stamp}-{:06}", self.dead_letter_seq));
         let text = format!("records: {}\nreason: {reason}\n", batch.logs);
         let mut attempt: u32 = 0;
         loop {
@@ -471,7 +481,10 @@ impl Forwarder {
 
 /// Writes `<base>.ndjson.gz` (always gzip on disk, whatever travelled, and a version 1 batch,
 /// whose lines are whole records: any operator can `zcat` it) and `<base>.reason.txt`, each
-/// fsynced.
+/// fsynced. The names are appended to `base` (never through `Path::with_extension`, which would
+/// cut `base` at its last dot, the stamp's milliseconds), and never replace an existing dead
+/// letter: a taken name gets `-1`, `-2`, … (an agent restarted within the same millisecond starts
+/// its sequence again).
 fn write_dead_letter(
     base: &std::path::Path,
     body: &[u8],
@@ -482,7 +495,6 @@ fn write_dead_letter(
     if let Some(dir) = base.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let data_path = base.with_extension("ndjson.gz");
     let data = match compression {
         _ if version != 1 => {
             let decoded = ferry_wire::decode_batch(body, compression, usize::MAX)
@@ -498,29 +510,49 @@ fn write_dead_letter(
             enc.finish()?
         }
     };
-    for (path, bytes) in [
-        (data_path.clone(), &data[..]),
-        (base.with_extension("reason.txt"), reason.as_bytes()),
-    ] {
-        let mut file = std::fs::File::create(&path)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
+    let named = |n: u32, ext: &str| {
+        let mut name = base.as_os_str().to_os_string();
+        if n > 0 {
+            name.push(format!("-{n}"));
+        }
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let mut n = 0;
+    let (data_path, mut file) = loop {
+        let path = named(n, ".ndjson.gz");
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => break (path, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    file.write_all(&data)?;
+    file.sync_all()?;
+    let mut file = std::fs::File::create(named(n, ".reason.txt"))?;
+    file.write_all(reason.as_bytes())?;
+    file.sync_all()?;
     Ok(data_path)
 }
 
-/// Splits a batch into two halves re-encoded from its own records; `None` for one record.
-fn split(batch: &EncodedBatch, host: &str) -> Option<(EncodedBatch, EncodedBatch)> {
+/// Splits a batch into two halves re-encoded from its own records; `None` for one record, `Err`
+/// (what failed) when the batch cannot be read back.
+fn split(batch: &EncodedBatch, host: &str) -> Result<Option<(EncodedBatch, EncodedBatch)>, String> {
     if batch.logs + batch.stats < 2 {
-        return None;
+        return Ok(None);
     }
-    let decoded =
-        ferry_wire::decode_batch(&batch.body, batch.compression, batch.raw_bytes + 1024).ok()?;
+    let decoded = ferry_wire::decode_batch(&batch.body, batch.compression, batch.raw_bytes + 1024)
+        .map_err(|e| format!("decoding it: {e}"))?;
     let half = decoded.logs.len().div_ceil(2).max(1);
     let mut a = BatchBuilder::with_version(host, batch.version);
     let mut b = BatchBuilder::with_version(host, batch.version);
     for (i, log) in decoded.logs.iter().enumerate() {
-        let record: LogRecord = serde_json::from_slice(&decoded.record(log)).ok()?;
+        let record: LogRecord = serde_json::from_slice(&decoded.record(log))
+            .map_err(|e| format!("reading record {i}: {e}"))?;
         if i < half {
             a.push_log(&record);
         } else {
@@ -531,9 +563,12 @@ fn split(batch: &EncodedBatch, host: &str) -> Option<(EncodedBatch, EncodedBatch
         b.push_stats(sample);
     }
     if a.is_empty() || b.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some((a.finish(batch.compression), b.finish(batch.compression)))
+    Ok(Some((
+        a.finish(batch.compression),
+        b.finish(batch.compression),
+    )))
 }
 
 /// The same records as a version 1 batch (re-encoded on a blocking thread); the batch as it was
@@ -562,4 +597,79 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 10, finding 4): dead letters written within one millisecond, and by a
+    /// restarted agent whose sequence starts again, never replace each other.
+    #[test]
+    fn dead_letters_of_one_millisecond_keep_distinct_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = BatchBuilder::new("h");
+        b.push_log(&LogRecord {
+            message: "x".into(),
+            ..Default::default()
+        });
+        let batch = b.finish(Compression::None);
+        let mut paths = Vec::new();
+        for seq in [1, 2, 1, 1] {
+            let base = dir.path().join(format!("20261129T081500.123Z-{seq:06}"));
+            let reason = format!("reason {}", paths.len());
+            paths.push(
+                write_dead_letter(
+                    &base,
+                    &batch.body,
+                    batch.compression,
+                    batch.version,
+                    &reason,
+                )
+                .unwrap(),
+            );
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "20261129T081500.123Z-000001-1.ndjson.gz",
+                "20261129T081500.123Z-000001-1.reason.txt",
+                "20261129T081500.123Z-000001-2.ndjson.gz",
+                "20261129T081500.123Z-000001-2.reason.txt",
+                "20261129T081500.123Z-000001.ndjson.gz",
+                "20261129T081500.123Z-000001.reason.txt",
+                "20261129T081500.123Z-000002.ndjson.gz",
+                "20261129T081500.123Z-000002.reason.txt",
+            ]
+        );
+        let reasons: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                let text = p.to_string_lossy().replace(".ndjson.gz", ".reason.txt");
+                std::fs::read_to_string(text).unwrap()
+            })
+            .collect();
+        assert_eq!(reasons, ["reason 0", "reason 1", "reason 2", "reason 3"]);
+    }
+
+    /// Regression (issue 10, finding 4): a batch that cannot be read back is not "a single
+    /// record"; the split says why it failed.
+    #[test]
+    fn a_split_that_cannot_decode_says_so() {
+        let batch = EncodedBatch {
+            body: b"not a batch at all".to_vec(),
+            compression: Compression::None,
+            logs: 5,
+            stats: 0,
+            raw_bytes: 18,
+            version: 2,
+        };
+        let err = split(&batch, "h").unwrap_err();
+        assert!(err.starts_with("decoding it: "), "{err}");
+    }
 }

@@ -23,6 +23,7 @@ mod fingerprint;
 mod forward;
 mod metrics;
 mod multiline;
+mod rotated;
 mod rules;
 mod stats;
 mod tailer;
@@ -182,6 +183,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         tailer::Settings::from_config(&config),
         loaded.checkpointer.sources(),
         !loaded.existed,
+        loaded.legacy,
         metrics.clone(),
         tx,
         stop.clone(),

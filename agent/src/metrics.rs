@@ -91,6 +91,37 @@ impl DecodeError {
     }
 }
 
+/// Why the rest of a source could not be read (`reason` of `ferry_agent_sources_lost_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LostReason {
+    /// Truncated (or truncated and written again) with no uncompressed copy beside it.
+    Truncated,
+    /// Its file and every rotated sibling holding it are gone.
+    Gone,
+    /// Only compressed rotated siblings remain, which are never read.
+    Compressed,
+}
+
+impl LostReason {
+    const ALL: [LostReason; 3] = [
+        LostReason::Truncated,
+        LostReason::Gone,
+        LostReason::Compressed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Truncated => "truncated",
+            LostReason::Gone => "gone",
+            LostReason::Compressed => "compressed",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
 /// Upper bounds of the send-duration histogram, in seconds.
 const BUCKETS_SECONDS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -113,6 +144,8 @@ pub(crate) struct Metrics {
     pub errors: AtomicU64,
     send_errors: [AtomicU64; 10],
     decode_errors: [AtomicU64; 3],
+    sources_lost: [AtomicU64; 3],
+    lost_bytes: [AtomicU64; 3],
     send_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     last_error: Mutex<Option<String>>,
     /// Container stats: the collector's own figures and the latest sample per container.
@@ -146,6 +179,21 @@ impl Metrics {
             .position(|k| *k == kind)
             .unwrap_or(0)]
         .fetch_add(1, Relaxed);
+    }
+
+    /// Counts a source whose rest could not be read, and the bytes known to be unread.
+    pub fn source_lost(&self, reason: LostReason, unread_bytes: u64) {
+        self.sources_lost[reason.index()].fetch_add(1, Relaxed);
+        self.lost_bytes[reason.index()].fetch_add(unread_bytes, Relaxed);
+    }
+
+    /// (sources lost, unread bytes) for `reason`.
+    #[cfg(test)]
+    pub fn lost(&self, reason: LostReason) -> (u64, u64) {
+        (
+            self.sources_lost[reason.index()].load(Relaxed),
+            self.lost_bytes[reason.index()].load(Relaxed),
+        )
     }
 
     pub fn observe_send(&self, took: Duration) {
@@ -235,6 +283,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "ferry_agent_decode_errors_total{{error_type=\"{}\"}} {}",
+                kind.as_str(),
+                n.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP ferry_agent_sources_lost_total Sources whose rest could not be read (truncated without a copy, gone, or only compressed copies left).\n# TYPE ferry_agent_sources_lost_total counter\n");
+        for (kind, n) in LostReason::ALL.iter().zip(&self.sources_lost) {
+            let _ = writeln!(
+                out,
+                "ferry_agent_sources_lost_total{{reason=\"{}\"}} {}",
+                kind.as_str(),
+                n.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP ferry_agent_lost_bytes_total Bytes known to be unread in lost sources (a lower bound: what was written after the agent last looked is not known).\n# TYPE ferry_agent_lost_bytes_total counter\n");
+        for (kind, n) in LostReason::ALL.iter().zip(&self.lost_bytes) {
+            let _ = writeln!(
+                out,
+                "ferry_agent_lost_bytes_total{{reason=\"{}\"}} {}",
                 kind.as_str(),
                 n.load(Relaxed)
             );

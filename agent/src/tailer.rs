@@ -44,9 +44,10 @@ use crate::config::{AgentConfig, FormatConfig, ReadFrom};
 use crate::decode::{Decoded, Decoder, Flags};
 use crate::docker::Registry;
 use crate::enrich::{format_for, parse_into, Enricher, Found};
-use crate::fingerprint::{fingerprint, FileKey, Head};
-use crate::metrics::{DecodeError, Metrics};
+use crate::fingerprint::{fingerprint, hash_tail, holds, tail_hash_at, FileKey, Head, TAIL_BYTES};
+use crate::metrics::{DecodeError, LostReason, Metrics};
 use crate::multiline::{Assembler, Event, Piece, SourceRef};
+use crate::rotated::{siblings, Sibling};
 use crate::rules::{ParserKey, Rules};
 use crate::watcher::{discover, Wakeups};
 
@@ -73,6 +74,7 @@ pub(crate) struct Settings {
     pub poll_interval: Duration,
     pub glob_interval: Duration,
     pub rotate_wait: Duration,
+    pub rotated_suffixes: Vec<glob::Pattern>,
     pub batch_max_bytes: usize,
     pub batch_max_records: usize,
     pub batch_max_age: Duration,
@@ -100,6 +102,7 @@ impl Settings {
             poll_interval: Duration::from_millis(c.poll_interval_ms),
             glob_interval: Duration::from_millis(c.glob_interval_ms),
             rotate_wait: Duration::from_millis(c.rotate_wait_ms),
+            rotated_suffixes: crate::rotated::patterns(&c.rotated_suffixes),
             batch_max_bytes: c.batch_max_bytes,
             batch_max_records: c.batch_max_records,
             batch_max_age: Duration::from_millis(c.batch_max_age_ms),
@@ -184,6 +187,9 @@ impl Group {
 struct TailedFile {
     key: FileKey,
     path: PathBuf,
+    /// The live path whose rotated siblings this file is among (the path it was found at, or for
+    /// a rotated copy read on purpose, the path it was rotated from): its checkpoint `path`.
+    home: PathBuf,
     file: File,
     /// `None` until the file has a head to fingerprint (again, after a truncation).
     source: Option<Source>,
@@ -208,9 +214,67 @@ struct TailedFile {
     deleted: bool,
     /// Since when every read found no new complete line.
     eof_since: Option<Instant>,
+    /// The (at most [`TAIL_BYTES`]) bytes just before `pos`, as read: a file that holds other
+    /// bytes there now was truncated and written again.
+    tail: Vec<u8>,
+    /// The size at the last look (what is known to have been there).
+    size_seen: u64,
+    /// An older rotated file of the same log, read first: this one is not read until that one
+    /// has been read to its end once.
+    after: Option<FileKey>,
 }
 
 impl TailedFile {
+    fn new(key: FileKey, path: PathBuf, file: File, home: PathBuf, decoder: Decoder) -> Self {
+        TailedFile {
+            key,
+            group: home.clone(),
+            home,
+            path,
+            file,
+            source: None,
+            generation: 0,
+            start_at_end: None,
+            pos: 0,
+            consumed: 0,
+            skipping: false,
+            decoder,
+            reported: None,
+            matched: true,
+            deleted: false,
+            eof_since: None,
+            tail: Vec::new(),
+            size_seen: 0,
+            after: None,
+        }
+    }
+
+    /// Remembers the bytes just before `pos` (after a resume or a seek).
+    fn load_tail(&mut self) {
+        let len = self.pos.min(TAIL_BYTES as u64) as usize;
+        self.tail.resize(len, 0);
+        if self
+            .file
+            .read_exact_at(&mut self.tail, self.pos - len as u64)
+            .is_err()
+        {
+            self.tail.clear();
+        }
+    }
+
+    /// Appends what was just consumed (`data`, ending at the new `pos`) to the remembered tail.
+    fn note_tail(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_BYTES {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&data[data.len() - TAIL_BYTES..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            let excess = self.tail.len().saturating_sub(TAIL_BYTES);
+            self.tail.drain(..excess);
+        }
+    }
+
     /// The offset a restart may resume at; `hold` is what its group's joiners hold of it.
     fn committable(&self, hold: Option<u64>) -> u64 {
         [self.decoder.pending_start(), hold]
@@ -362,10 +426,17 @@ pub(crate) struct Tailer {
     files: BTreeMap<FileKey, TailedFile>,
     /// Checkpoint entries not yet claimed by a file, by (dev, ino).
     restored: HashMap<FileKey, Vec<(String, Entry)>>,
+    /// Rotated files read to their end and still on disk (checkpoint entries with `finished`), by
+    /// (dev, ino): never read again.
+    finished: HashMap<FileKey, (String, Entry)>,
     /// True until the first scan is done; `first_start` is the agent's very first start.
     first_scan: bool,
     first_start: bool,
+    /// The checkpoint was a version 1 document, which does not list finished rotated files.
+    legacy: bool,
     removals: Vec<String>,
+    /// Checkpoint entries to write with the next batch (besides the open files' positions).
+    updates: Vec<Update>,
     builder: BatchBuilder,
     batch_started: Option<Instant>,
     last_report: Instant,
@@ -387,12 +458,14 @@ pub(crate) struct Tailer {
 }
 
 impl Tailer {
-    /// `restored` is the loaded checkpoint; `first_start` says no checkpoint file existed.
+    /// `restored` is the loaded checkpoint; `first_start` says no checkpoint file existed;
+    /// `legacy` that it was a version 1 document.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         s: Settings,
         restored: &Sources,
         first_start: bool,
+        legacy: bool,
         metrics: Arc<Metrics>,
         tx: tokio::sync::mpsc::Sender<Sealed>,
         stop: Arc<AtomicBool>,
@@ -400,18 +473,24 @@ impl Tailer {
         rules: Arc<Rules>,
     ) -> Self {
         let mut by_key: HashMap<FileKey, Vec<(String, Entry)>> = HashMap::new();
+        let mut finished = HashMap::new();
         // Logs-API sources belong to the Docker followers, not to files.
         let files = restored
             .iter()
             .filter(|(fp, _)| !fp.starts_with(crate::docker::FINGERPRINT_PREFIX));
         for (fp, entry) in files {
-            by_key
-                .entry(FileKey {
-                    dev: entry.dev,
-                    ino: entry.ino,
-                })
-                .or_default()
-                .push((fp.clone(), entry.clone()));
+            let key = FileKey {
+                dev: entry.dev,
+                ino: entry.ino,
+            };
+            if entry.finished {
+                finished.insert(key, (fp.clone(), entry.clone()));
+            } else {
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((fp.clone(), entry.clone()));
+            }
         }
         Tailer {
             wakeups: Wakeups::new(&s.include),
@@ -426,9 +505,12 @@ impl Tailer {
             s,
             files: BTreeMap::new(),
             restored: by_key,
+            finished,
             first_scan: true,
             first_start,
+            legacy,
             removals: Vec::new(),
+            updates: Vec::new(),
             batch_started: None,
             last_report: Instant::now(),
             last_scan: None,
@@ -577,6 +659,7 @@ impl Tailer {
                             path: path.to_string_lossy().into_owned(),
                         });
                     }
+                    f.home.clone_from(&path);
                     f.path = path;
                 }
                 continue;
@@ -627,32 +710,17 @@ impl Tailer {
             let decoder = Decoder::new(format_for(self.s.format, &path), self.s.max_line_bytes);
             debug!(path = %path.display(), dev = key.dev, ino = key.ino, "Found file");
             let group = path.clone();
-            self.files.insert(
-                key,
-                TailedFile {
-                    key,
-                    path,
-                    file,
-                    source: None,
-                    generation: 0,
-                    start_at_end,
-                    pos: 0,
-                    consumed: 0,
-                    skipping: false,
-                    decoder,
-                    group,
-                    reported: None,
-                    matched: true,
-                    deleted: false,
-                    eof_since: None,
-                },
-            );
+            let mut f = TailedFile::new(key, path.clone(), file, group, decoder);
+            f.start_at_end = start_at_end;
+            self.files.insert(key, f);
         }
         for f in self.files.values_mut() {
             f.matched = seen.contains(&f.key);
         }
-        if self.first_scan {
-            // Checkpointed files that are gone: forget them.
+        let first_scan = std::mem::replace(&mut self.first_scan, false);
+        if first_scan {
+            // Checkpointed sources whose file is not at a matched path: finish them in their
+            // rotated sibling, or report them lost.
             let gone: Vec<FileKey> = self
                 .restored
                 .keys()
@@ -660,15 +728,336 @@ impl Tailer {
                 .copied()
                 .collect();
             for key in gone {
-                for (fp, _) in self.restored.remove(&key).unwrap_or_default() {
-                    self.removals.push(fp);
+                let mut entries = self.restored.remove(&key).unwrap_or_default();
+                entries.sort_by_key(|(_, e)| e.generation);
+                if let Some((fp, entry)) = entries.pop() {
+                    self.follow(fp, entry, Some(key), LostReason::Gone);
                 }
+                self.removals.extend(entries.into_iter().map(|(fp, _)| fp));
             }
-            self.first_scan = false;
         }
+        // Rotated siblings nobody read (a file met after its first rotations, or generations
+        // written, rotated or copied and truncated between two looks). At the first start with
+        // `read_from = end`, and after an upgrade from a checkpoint that does not list finished
+        // files, the siblings on disk count as read.
+        let adopt =
+            first_scan && (self.legacy || (self.first_start && self.s.read_from == ReadFrom::End));
+        let live: Vec<(PathBuf, FileKey)> = self
+            .files
+            .values()
+            .filter(|f| f.matched)
+            .map(|f| (f.home.clone(), f.key))
+            .collect();
+        for (path, key) in live {
+            self.catch_up(&path, key, adopt);
+        }
+        self.prune_finished();
         self.metrics
             .files_tailed
             .store(self.files.len() as u64, Relaxed);
+    }
+
+    /// Whether `sibling` is a file this agent reads or has read: open, or finished (same inode
+    /// and head).
+    fn taken(&self, sibling: &Sibling) -> bool {
+        if self.files.contains_key(&sibling.key) {
+            return true;
+        }
+        self.finished.get(&sibling.key).is_some_and(|(_, e)| {
+            File::open(&sibling.path)
+                .ok()
+                .and_then(|f| Head::read(&f).ok().flatten())
+                .is_some_and(|h| h.hash() == e.head_hash)
+        })
+    }
+
+    /// [`Tailer::taken`], or it may hold a source not finished yet: a checkpointed one not
+    /// resumed yet (same inode, or the same head), or an open one (a copy holding what was read
+    /// of it, made before the truncation that the agent has not seen yet).
+    fn claimed(&self, sibling: &Sibling) -> bool {
+        if self.taken(sibling) || self.restored.contains_key(&sibling.key) {
+            return true;
+        }
+        let Ok(file) = File::open(&sibling.path) else {
+            return true; // gone meanwhile: nothing to read
+        };
+        let Ok(Some(head)) = Head::read(&file) else {
+            return true; // no head yet: looked at again next time
+        };
+        let hash = head.hash();
+        let restored = self
+            .restored
+            .values()
+            .flatten()
+            .any(|(_, e)| e.head_hash == hash && sibling.len >= e.offset);
+        restored
+            || self.files.values().any(|f| {
+                f.source.as_ref().is_some_and(|s| {
+                    s.head_hash == hash
+                        && sibling.len >= f.pos
+                        && (f.tail.is_empty()
+                            || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail)))
+                })
+            })
+    }
+
+    /// The rotated siblings of `live` (the file `live_key`) nobody read are read (oldest first,
+    /// each as its own source, the live file last), or with `adopt`, recorded as finished without
+    /// reading them.
+    fn catch_up(&mut self, live: &std::path::Path, live_key: FileKey, adopt: bool) {
+        let mut prev = None;
+        let mut caught = false;
+        for sibling in siblings(live, &self.s.rotated_suffixes) {
+            if self.files.contains_key(&sibling.key) {
+                prev = Some(sibling.key);
+                continue;
+            }
+            if sibling.compressed || self.claimed(&sibling) {
+                continue;
+            }
+            let Ok(file) = File::open(&sibling.path) else {
+                continue;
+            };
+            if adopt {
+                let Ok(Some(head)) = Head::read(&file) else {
+                    continue;
+                };
+                let fp = fingerprint(&self.s.host_name, sibling.key, &head, 0);
+                let entry = Entry {
+                    path: live.to_string_lossy().into_owned(),
+                    dev: sibling.key.dev,
+                    ino: sibling.key.ino,
+                    head_hash: head.hash(),
+                    generation: 0,
+                    offset: sibling.len,
+                    tail_hash: tail_hash_at(&file, sibling.len),
+                    finished: true,
+                };
+                debug!(path = %sibling.path.display(), "Rotated file present at the first start counts as read");
+                self.updates.push((fp.clone(), Some(entry.clone())));
+                self.finished.insert(sibling.key, (fp, entry));
+                continue;
+            }
+            info!(path = %sibling.path.display(), live = %live.display(), "Reading a rotated file the agent never read");
+            // Its own group: its multiline events do not mix with the live file's.
+            if !self.join_group(&sibling.path, live) {
+                return;
+            }
+            let decoder = Decoder::new(format_for(self.s.format, live), self.s.max_line_bytes);
+            let mut f = TailedFile::new(
+                sibling.key,
+                sibling.path.clone(),
+                file,
+                live.to_path_buf(),
+                decoder,
+            );
+            f.group = sibling.path;
+            f.matched = false;
+            f.after = prev;
+            prev = Some(sibling.key);
+            caught = true;
+            self.files.insert(sibling.key, f);
+        }
+        if let Some(f) = self.files.get_mut(&live_key).filter(|_| caught) {
+            f.after = prev.filter(|k| *k != live_key);
+        }
+    }
+
+    /// Adds a file to the group at `group` (made with the metadata of `live` if it does not exist
+    /// yet). `false` when `live` belongs to an opted-out or filtered container.
+    fn join_group(&mut self, group: &std::path::Path, live: &std::path::Path) -> bool {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.files += 1;
+            return true;
+        }
+        let Some(found) = self.enricher.for_path(live) else {
+            return false;
+        };
+        let mut g = Group::new(found, &self.s.host_name, &self.rules);
+        g.files = 1;
+        self.groups.insert(group.to_path_buf(), g);
+        true
+    }
+
+    /// Finishes the checkpointed source `fp` in the rotated sibling of `entry.path` that holds it:
+    /// the file `key` itself if it is there, else a copy (same head, and the same bytes before
+    /// the checkpoint). Without one, the source is reported lost (`reason`, or `compressed` when
+    /// only compressed siblings are left) and forgotten.
+    fn follow(&mut self, fp: String, entry: Entry, key: Option<FileKey>, reason: LostReason) {
+        let live = PathBuf::from(&entry.path);
+        let all = siblings(&live, &self.s.rotated_suffixes);
+        let tail = entry.tail_hash.as_deref();
+        let holder = all
+            .iter()
+            .filter(|s| !s.compressed && s.len >= entry.offset)
+            .filter(|s| Some(s.key) == key || !self.taken(s))
+            .find_map(|s| {
+                let file = File::open(&s.path).ok()?;
+                holds(&file, &entry.head_hash, entry.offset, tail).then(|| (s.clone(), file))
+            });
+        let Some((sibling, file)) = holder else {
+            let reason = match all.iter().any(|s| s.compressed) {
+                true => LostReason::Compressed,
+                false => reason,
+            };
+            warn!(path = %entry.path, fingerprint = %fp, offset = entry.offset, reason = reason.as_str(),
+                "A source's file and every rotated copy of it are gone; what it held after the checkpoint is lost");
+            self.metrics.source_lost(reason, 0);
+            self.metrics.error(format!(
+                "source {fp} of {} lost: {}",
+                entry.path,
+                reason.as_str()
+            ));
+            self.removals.push(fp);
+            return;
+        };
+        if !self.join_group(&live, &live) {
+            self.removals.push(fp);
+            return;
+        }
+        info!(path = %sibling.path.display(), live = %entry.path, fingerprint = %fp, offset = entry.offset,
+            "Finishing a source in its rotated copy");
+        let decoder = Decoder::new(format_for(self.s.format, &live), self.s.max_line_bytes);
+        let mut f = TailedFile::new(sibling.key, sibling.path, file, live.clone(), decoder);
+        f.matched = false;
+        f.generation = entry.generation;
+        f.source = Some(Source {
+            r: Arc::new(SourceRef {
+                fingerprint: fp,
+                path: entry.path,
+            }),
+            head_hash: entry.head_hash,
+            generation: entry.generation,
+        });
+        f.pos = entry.offset;
+        f.consumed = entry.offset;
+        f.load_tail();
+        self.files.insert(sibling.key, f);
+    }
+
+    /// Forgets finished rotated files that are no longer on disk.
+    fn prune_finished(&mut self) {
+        if self.finished.is_empty() {
+            return;
+        }
+        let mut present: HashMap<String, HashSet<FileKey>> = HashMap::new();
+        let suffixes = &self.s.rotated_suffixes;
+        let mut gone = Vec::new();
+        for (key, (_, e)) in &self.finished {
+            let keys = present.entry(e.path.clone()).or_insert_with(|| {
+                siblings(std::path::Path::new(&e.path), suffixes)
+                    .into_iter()
+                    .map(|s| s.key)
+                    .collect()
+            });
+            if !keys.contains(key) {
+                gone.push(*key);
+            }
+        }
+        for key in gone {
+            if let Some((fp, _)) = self.finished.remove(&key) {
+                debug!(fingerprint = %fp, "Finished rotated file is gone; forgetting it");
+                self.removals.push(fp);
+            }
+        }
+    }
+
+    /// Looks at `key` before it is read: a file truncated (shorter than what was read, another
+    /// head, or other bytes just before the read position) has its source finished in a copy
+    /// beside it if there is one, and is read again from its start as the next generation.
+    fn check_truncation(&mut self, key: FileKey) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        let Some(source) = &f.source else { return };
+        let Ok(meta) = f.file.metadata() else { return };
+        let len = meta.len();
+        let known = f.size_seen.max(f.pos);
+        f.size_seen = len;
+        let head_hash = source.head_hash.clone();
+        let truncated = len < f.pos
+            || match Head::read(&f.file) {
+                Ok(Some(head)) => head.hash() != head_hash,
+                Ok(None) => true,
+                Err(_) => false,
+            }
+            || (!f.tail.is_empty()
+                && tail_hash_at(&f.file, f.pos).as_deref() != Some(&hash_tail(&f.tail)));
+        if !truncated {
+            return;
+        }
+        let (pos, tail) = (f.pos, hash_tail(&f.tail));
+        let tail = (!f.tail.is_empty()).then_some(tail);
+        let home = f.home.clone();
+        let copy = siblings(&home, &self.s.rotated_suffixes)
+            .into_iter()
+            .filter(|s| !s.compressed && s.len >= pos && s.key != key)
+            .filter(|s| !self.taken(s))
+            .find_map(|s| {
+                let file = File::open(&s.path).ok()?;
+                holds(&file, &head_hash, pos, tail.as_deref()).then_some((s, file))
+            });
+        let read_time = Utc::now().to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(&f.group) else {
+            return;
+        };
+        match copy {
+            Some((sibling, file)) => {
+                let Some(source) = f.source.take() else {
+                    return;
+                };
+                info!(path = %f.path.display(), copy = %sibling.path.display(), fingerprint = %source.r.fingerprint,
+                    offset = pos, "File truncated; finishing its source in the copy beside it");
+                let decoder =
+                    Decoder::new(format_for(self.s.format, &f.home), self.s.max_line_bytes);
+                let mut moved = TailedFile::new(
+                    sibling.key,
+                    sibling.path,
+                    file,
+                    f.home.clone(),
+                    std::mem::replace(&mut f.decoder, decoder),
+                );
+                moved.group = f.group.clone();
+                moved.matched = false;
+                moved.generation = source.generation;
+                moved.pos = f.pos;
+                moved.consumed = f.consumed;
+                moved.skipping = f.skipping;
+                moved.tail = std::mem::take(&mut f.tail);
+                moved.size_seen = sibling.len;
+                f.generation = source.generation + 1;
+                moved.source = Some(source);
+                f.pos = 0;
+                f.consumed = 0;
+                f.skipping = false;
+                f.reported = None;
+                f.eof_since = None;
+                // The source's rest first, then the file's new contents.
+                f.after = Some(sibling.key);
+                g.files += 1;
+                self.files.insert(sibling.key, moved);
+            }
+            None => {
+                let unread = known.saturating_sub(pos);
+                let reason = LostReason::Truncated;
+                let fp = f
+                    .source
+                    .as_ref()
+                    .map(|s| s.r.fingerprint.clone())
+                    .unwrap_or_default();
+                warn!(path = %f.path.display(), fingerprint = %fp, offset = pos, unread_bytes = unread,
+                    "File truncated and no copy of it beside it; what was written after the last read is lost");
+                self.metrics.source_lost(reason, unread);
+                let mut ctx = ctx!(self, &read_time);
+                restart_truncated(f, g, &mut ctx, &mut self.removals, len);
+            }
+        }
+        // Generations written, copied and truncated while the agent was not looking are in
+        // copies nobody read: read them before the file's new contents.
+        self.catch_up(&home, key, false);
     }
 
     /// One turn over every file. `Err` when the forwarder is gone.
@@ -677,21 +1066,48 @@ impl Tailer {
         let keys: Vec<FileKey> = self.files.keys().copied().collect();
         let mut progressed = false;
         for key in keys {
-            while let Some(f) = self.files.get_mut(&key) {
+            loop {
+                // An older rotated file of the same log is read to its end first.
+                if let Some(after) = self.files.get(&key).and_then(|f| f.after) {
+                    let waiting = self
+                        .files
+                        .get(&after)
+                        .is_some_and(|p| p.eof_since.is_none());
+                    if waiting {
+                        break;
+                    }
+                    if let Some(f) = self.files.get_mut(&key) {
+                        f.after = None;
+                    }
+                }
+                // Before every read: a truncation (even one refilled past our position while we
+                // waited for the forwarder) must not be read on from the old position.
+                self.check_truncation(key);
+                let Some(f) = self.files.get_mut(&key) else {
+                    break;
+                };
+                if f.source.is_none() {
+                    match establish(f, &self.s.host_name, &mut self.restored, &mut self.removals) {
+                        Established::NoHead => {
+                            // Nothing to read yet: at its end, as far as the files after it go.
+                            f.eof_since.get_or_insert_with(Instant::now);
+                            break;
+                        }
+                        Established::Ready => {}
+                        Established::Replaced(fp, entry) => {
+                            self.follow(fp, entry, None, LostReason::Truncated);
+                            continue;
+                        }
+                    }
+                }
+                let Some(f) = self.files.get_mut(&key) else {
+                    break;
+                };
                 let Some(g) = self.groups.get_mut(&f.group) else {
                     warn!(path = %f.path.display(), "Tailed file without its group; not reading it");
                     break;
                 };
                 let mut ctx = ctx!(self, &read_time);
-                // Waking from EOF: a copytruncate followed by new writes past our offset is only
-                // visible as a changed head, so check it before reading on.
-                if f.eof_since.is_some() && head_changed(f) {
-                    let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
-                    restart_truncated(f, g, &mut ctx, &mut self.removals, size);
-                }
-                if f.source.is_none() && !establish(f, &mut self.restored, &mut self.removals) {
-                    break;
-                }
                 let turn = read_file(f, g, &mut ctx);
                 progressed |= turn.progressed;
                 if !turn.full {
@@ -724,10 +1140,6 @@ impl Tailer {
                 continue;
             };
             let mut ctx = ctx!(self, &read_time);
-            if meta.len() < f.pos {
-                restart_truncated(f, g, &mut ctx, &mut self.removals, meta.len());
-                continue;
-            }
             let gone = f.deleted || !f.matched;
             // A deleted file waits too: its writer may still be finishing its last lines.
             if gone
@@ -753,9 +1165,7 @@ impl Tailer {
                         self.groups.remove(&f.group);
                     }
                 }
-                if let Some(source) = f.source {
-                    self.removals.push(source.r.fingerprint.clone());
-                }
+                self.retire(f);
             }
         }
         if self.files.len() as u64 != self.metrics.files_tailed.load(Relaxed) {
@@ -778,19 +1188,47 @@ impl Tailer {
         true
     }
 
+    /// A closed file's source: kept as finished while the file is still on disk among the rotated
+    /// siblings of `home` (so it is never read again), forgotten otherwise.
+    fn retire(&mut self, f: TailedFile) {
+        let Some(source) = f.source else { return };
+        let present = !f.deleted
+            && siblings(&f.home, &self.s.rotated_suffixes)
+                .iter()
+                .any(|s| s.key == f.key);
+        if !present {
+            self.removals.push(source.r.fingerprint.clone());
+            return;
+        }
+        let entry = Entry {
+            path: f.home.to_string_lossy().into_owned(),
+            dev: f.key.dev,
+            ino: f.key.ino,
+            head_hash: source.head_hash,
+            generation: source.generation,
+            offset: f.pos,
+            tail_hash: tail_hash_at(&f.file, f.pos),
+            finished: true,
+        };
+        let fp = source.r.fingerprint.clone();
+        self.updates.push((fp.clone(), Some(entry.clone())));
+        self.finished.insert(f.key, (fp, entry));
+    }
+
     /// Seals the current batch with the checkpoint updates it allows and sends it (blocking while
     /// the forwarder is busy). `false` when the forwarder is gone.
     fn seal(&mut self) -> bool {
         self.last_report = Instant::now();
         let mut updates: Vec<Update> = self.removals.drain(..).map(|fp| (fp, None)).collect();
+        updates.append(&mut self.updates);
         for f in self.files.values_mut() {
             let Some(source) = &f.source else { continue };
             let hold = self.groups.get(&f.group).and_then(|g| g.hold(source));
             let offset = f.committable(hold);
-            let path = source.r.path.as_str();
+            let path = f.home.to_string_lossy();
             if f.reported
                 .as_ref()
-                .is_some_and(|(o, p)| *o == offset && p == path)
+                .is_some_and(|(o, p)| *o == offset && *p == path)
             {
                 continue;
             }
@@ -804,6 +1242,8 @@ impl Tailer {
                     head_hash: source.head_hash.clone(),
                     generation: source.generation,
                     offset,
+                    tail_hash: tail_hash_at(&f.file, offset),
+                    finished: false,
                 }),
             ));
         }
@@ -824,18 +1264,6 @@ impl Tailer {
             );
         }
         self.tx.blocking_send(Sealed { batch, updates }).is_ok()
-    }
-}
-
-/// Whether an established file's head is no longer the one it was fingerprinted with.
-fn head_changed(f: &TailedFile) -> bool {
-    let Some(source) = &f.source else {
-        return false;
-    };
-    match Head::read(&f.file) {
-        Ok(Some(head)) => head.hash() != source.head_hash,
-        Ok(None) => true,
-        Err(_) => false,
     }
 }
 
@@ -863,65 +1291,67 @@ fn restart_truncated(
     f.skipping = false;
     f.reported = None;
     f.eof_since = None;
+    f.tail.clear();
+    f.size_seen = size;
 }
 
-/// Fingerprints a file once it has a head, resuming from a matching checkpoint entry.
-/// `false` while the file has no head yet.
+/// What [`establish`] made of a file.
+enum Established {
+    /// It has no head yet: try again later.
+    NoHead,
+    /// Its source is set: read on.
+    Ready,
+    /// Ready, as the next generation: its checkpointed source (fingerprint, entry) is no longer
+    /// in it (truncated, or truncated and written again while the agent was down).
+    Replaced(String, Entry),
+}
+
+/// Fingerprints a file once it has a head, resuming from its checkpoint entry when the file
+/// still holds what the entry describes (same head, at least as long, the same bytes just before
+/// the offset).
 fn establish(
     f: &mut TailedFile,
+    host: &str,
     restored: &mut HashMap<FileKey, Vec<(String, Entry)>>,
     removals: &mut Vec<String>,
-) -> bool {
+) -> Established {
     let head = match Head::read(&f.file) {
         Ok(Some(head)) => head,
-        Ok(None) => return false,
+        Ok(None) => return Established::NoHead,
         Err(error) => {
             warn!(path = %f.path.display(), %error, "Cannot read the head of a file");
-            return false;
+            return Established::NoHead;
         }
     };
     let head_hash = head.hash();
     let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut resumed: Option<String> = None;
+    let mut replaced = None;
     let mut start = 0;
-    if let Some(entries) = restored.remove(&f.key) {
-        let best = entries
-            .iter()
-            .filter(|(_, e)| e.head_hash == head_hash)
-            .max_by_key(|(_, e)| e.generation);
-        match best {
-            Some((fp, e)) if e.offset <= size => {
-                resumed = Some(fp.clone());
-                f.generation = e.generation;
-                start = e.offset;
-            }
-            Some((_, e)) => {
-                info!(path = %f.path.display(), size, offset = e.offset, "File shrank while the agent was down; reading it from the start");
-                f.generation = e.generation + 1;
-            }
-            None => {
-                info!(path = %f.path.display(), "File head changed while the agent was down; reading it from the start");
-                f.generation = entries
-                    .iter()
-                    .map(|(_, e)| e.generation + 1)
-                    .max()
-                    .unwrap_or(0);
-            }
-        }
-        for (fp, _) in entries {
-            if resumed.as_ref() != Some(&fp) {
-                removals.push(fp);
-            }
+    if let Some(mut entries) = restored.remove(&f.key) {
+        // The latest generation is the file's current source; older ones are stale.
+        entries.sort_by_key(|(_, e)| e.generation);
+        let (fp, e) = entries.pop().expect("restored lists are never empty");
+        removals.extend(entries.into_iter().map(|(fp, _)| fp));
+        if holds(&f.file, &e.head_hash, e.offset, e.tail_hash.as_deref()) {
+            resumed = Some(fp);
+            f.generation = e.generation;
+            start = e.offset;
+        } else {
+            info!(path = %f.path.display(), size, offset = e.offset,
+                "File truncated while the agent was down; looking for a copy, then reading it from the start");
+            f.generation = e.generation + 1;
+            replaced = Some((fp, e));
         }
     } else if let Some(limit) = f.start_at_end {
         start = last_line_end(&f.file, limit.min(size));
     }
-    let fp = resumed.unwrap_or_else(|| fingerprint(f.key, &head, f.generation));
+    let fp = resumed.unwrap_or_else(|| fingerprint(host, f.key, &head, f.generation));
     info!(path = %f.path.display(), fingerprint = %fp, offset = start, "Tailing file");
     f.source = Some(Source {
         r: Arc::new(SourceRef {
             fingerprint: fp,
-            path: f.path.to_string_lossy().into_owned(),
+            path: f.home.to_string_lossy().into_owned(),
         }),
         head_hash,
         generation: f.generation,
@@ -929,7 +1359,12 @@ fn establish(
     f.pos = start;
     f.consumed = start;
     f.start_at_end = None;
-    true
+    f.size_seen = size;
+    f.load_tail();
+    match replaced {
+        Some((fp, e)) => Established::Replaced(fp, e),
+        None => Established::Ready,
+    }
 }
 
 /// Reads up to [`CHUNKS_PER_TURN`] chunks of `f`, emitting every complete line.
@@ -1017,6 +1452,7 @@ fn read_file(f: &mut TailedFile, g: &mut Group, ctx: &mut Ctx<'_>) -> Turn {
                 f.eof_since.get_or_insert_with(Instant::now);
             }
         }
+        f.note_tail(&data[..start]);
         *ctx.buf = data;
         ctx.metrics.bytes_read.fetch_add(start as u64, Relaxed);
         f.pos = base + start as u64;
@@ -1047,6 +1483,7 @@ fn finish_file(f: &mut TailedFile, g: &mut Group, ctx: &mut Ctx<'_>, size: u64) 
             ctx.line(f, g, &tail, offset, flags);
             f.pos += n as u64;
             f.consumed = f.pos;
+            f.note_tail(&tail);
         }
     }
     let end = f.pos.max(size);
@@ -1103,24 +1540,12 @@ mod tests {
     fn open(path: &std::path::Path, s: &Settings) -> TailedFile {
         let file = File::open(path).unwrap();
         let key = FileKey::of(&file.metadata().unwrap());
-        let mut f = TailedFile {
-            key,
-            path: path.to_path_buf(),
-            file,
-            source: None,
-            generation: 0,
-            start_at_end: None,
-            pos: 0,
-            consumed: 0,
-            skipping: false,
-            decoder: Decoder::new(crate::decode::Format::Plain, s.max_line_bytes),
-            group: path.to_path_buf(),
-            reported: None,
-            matched: true,
-            deleted: false,
-            eof_since: None,
-        };
-        assert!(establish(&mut f, &mut HashMap::new(), &mut Vec::new()));
+        let decoder = Decoder::new(crate::decode::Format::Plain, s.max_line_bytes);
+        let mut f = TailedFile::new(key, path.to_path_buf(), file, path.to_path_buf(), decoder);
+        assert!(matches!(
+            establish(&mut f, "h", &mut HashMap::new(), &mut Vec::new()),
+            Established::Ready
+        ));
         f
     }
 

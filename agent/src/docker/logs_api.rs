@@ -308,6 +308,8 @@ async fn seal(
                 head_hash: String::new(),
                 generation: 0,
                 offset,
+                tail_hash: None,
+                finished: false,
             };
             (fp, Some(entry))
         })

@@ -341,10 +341,16 @@ async fn local_driver_container_is_followed_through_the_logs_api_and_resumes_aft
     );
     let first = sequences_expected(1..=1, 100, 1000);
     wait_for("first run through the logs API", || {
-        of(&agg.stored(), &name).len() >= first.len()
+        of(&agg.deduplicated(), &name).len() >= first.len()
     })
     .await;
-    assert_exactly(&of(&agg.stored(), &name), &first, &name, "local", &c.label);
+    assert_exactly(
+        &of(&agg.deduplicated(), &name),
+        &first,
+        &name,
+        "local",
+        &c.label,
+    );
     // The checkpoint holds the last acknowledged timestamp of the source.
     wait_for("logs-API checkpoint", || {
         checkpoint_offsets(dir.path()).contains_key(&format!("logs-api:{id}"))
@@ -360,10 +366,10 @@ async fn local_driver_container_is_followed_through_the_logs_api_and_resumes_aft
         .unwrap();
     let both = sequences_expected(1..=2, 100, 1000);
     wait_for("second run after the restart", || {
-        of(&agg.stored(), &name).len() >= both.len()
+        of(&agg.deduplicated(), &name).len() >= both.len()
     })
     .await;
-    let stored = of(&agg.stored(), &name);
+    let stored = of(&agg.deduplicated(), &name);
     assert_exactly(&stored, &both, &name, "local", &c.label);
     assert_api_source(&stored, &id);
     let raw = of(&agg.state.accepted_raw.lock().unwrap(), &name);

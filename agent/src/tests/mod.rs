@@ -2,6 +2,7 @@
 //! and forwarder, and a small in-test aggregator double (`util.rs`) on 127.0.0.1:0.
 
 mod docker;
+mod edges;
 mod forward;
 mod multiline;
 mod parsing;

@@ -94,10 +94,21 @@ async fn rename_rotation_drains_the_old_file() {
     assert_eq!(msgs[0], lines("new", 0..5));
     assert_eq!(msgs[1], lines("old", 0..20));
     wait_until("old file closed", || agent.status().files_tailed == 1).await;
-    wait_until("old checkpoint entry dropped", || {
-        checkpoint_offsets(dir.path()).len() == 1
+    // Read to its end and still on disk: kept as finished, so it is never read again.
+    wait_until("old checkpoint entry finished", || {
+        checkpoint_finished(dir.path()).len() == 1
     })
     .await;
+    std::fs::remove_file(dir.path().join("logs/app.log.1")).unwrap();
+    wait_until("old checkpoint entry dropped once the file is gone", || {
+        checkpoint_offsets(dir.path()).len() == 1 && checkpoint_finished(dir.path()).is_empty()
+    })
+    .await;
+    assert_eq!(
+        agg.state.accepted_raw.lock().unwrap().len(),
+        25,
+        "nothing read twice"
+    );
     agent.shutdown().await;
 }
 

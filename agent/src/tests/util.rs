@@ -38,11 +38,22 @@ pub struct State {
     pub max_records: Mutex<Option<usize>>,
     /// Answer like an aggregator that predates batch format version 2.
     pub reads_only_version_1: std::sync::atomic::AtomicBool,
-    /// Accepted records, replays dropped by a per-fingerprint high-water mark (like the aggregator).
-    pub stored: Mutex<Vec<LogRecord>>,
-    /// Accepted records, every copy (to count replays).
+    /// While set, every batch is answered 503 (no `Retry-After`): backpressure.
+    pub held: std::sync::atomic::AtomicBool,
+    /// Accepted records, every copy, in the order they were accepted: tests assert exactly-once
+    /// and order on these, before any deduplication.
     pub accepted_raw: Mutex<Vec<LogRecord>>,
-    hwm: Mutex<HashMap<String, u64>>,
+}
+
+/// Backpressure from a [`TestAggregator`] until dropped.
+pub struct Held(Arc<State>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0
+            .held
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// An aggregator double on 127.0.0.1:0.
@@ -81,8 +92,27 @@ impl TestAggregator {
         format!("http://{}", self.addr)
     }
 
+    /// Every accepted record, every copy (no deduplication: a replay shows up twice).
     pub fn stored(&self) -> Vec<LogRecord> {
-        self.state.stored.lock().unwrap().clone()
+        self.state.accepted_raw.lock().unwrap().clone()
+    }
+
+    /// Accepted records with replays dropped by a per-fingerprint high-water mark, as the
+    /// aggregator's store does: only for sources that replay by design (the logs API after a
+    /// restart).
+    pub fn deduplicated(&self) -> Vec<LogRecord> {
+        let mut hwm: HashMap<String, u64> = HashMap::new();
+        self.stored()
+            .into_iter()
+            .filter(|r| {
+                let mark = hwm.get(&r.log.file.fingerprint).copied();
+                let new = mark.is_none_or(|m| r.log.offset > m);
+                if new {
+                    hwm.insert(r.log.file.fingerprint.clone(), r.log.offset);
+                }
+                new
+            })
+            .collect()
     }
 
     pub fn stored_messages(&self) -> Vec<String> {
@@ -91,6 +121,14 @@ impl TestAggregator {
 
     pub fn requests(&self) -> Vec<Seen> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Answers 503 to every batch until the returned guard is dropped.
+    pub fn hold(&self) -> Held {
+        self.state
+            .held
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Held(self.state.clone())
     }
 
     pub fn script(&self, answers: &[(u16, Option<u64>)]) {
@@ -148,21 +186,14 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         .lock()
         .unwrap()
         .is_some_and(|m| records.len() > m);
+    let held = st.held.load(std::sync::atomic::Ordering::SeqCst);
     let (status, retry_after) = match scripted {
+        _ if held => (503, None),
         Some(s) => s,
         None if too_many => (413, None),
         None => (200, None),
     };
     if status == 200 {
-        let mut hwm = st.hwm.lock().unwrap();
-        let mut stored = st.stored.lock().unwrap();
-        for r in &records {
-            let mark = hwm.get(&r.log.file.fingerprint).copied();
-            if mark.is_none_or(|m| r.log.offset > m) {
-                hwm.insert(r.log.file.fingerprint.clone(), r.log.offset);
-                stored.push(r.clone());
-            }
-        }
         st.accepted_raw
             .lock()
             .unwrap()
@@ -241,6 +272,21 @@ pub fn checkpoint_offsets(dir: &Path) -> HashMap<String, u64> {
         .unwrap()
         .iter()
         .map(|(k, v)| (k.clone(), v["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The fingerprints of the checkpoint's finished (rotated, read to the end, still on disk) sources.
+pub fn checkpoint_finished(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(dir.join("data/checkpoints.json")) else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    doc["sources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["finished"] == serde_json::Value::Bool(true))
+        .map(|(k, _)| k.clone())
         .collect()
 }
 

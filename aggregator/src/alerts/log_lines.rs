@@ -103,7 +103,8 @@ impl LogLines {
     fn observe_at(&self, batch: &DecodedBatch, now: Instant, wall: SystemTime) {
         let mut counted: HashMap<Key, u64> = HashMap::new();
         for log in &batch.logs {
-            let Ok(peek) = serde_json::from_slice::<Peek>(batch.log_line(log)) else {
+            let record = batch.record(log);
+            let Ok(peek) = serde_json::from_slice::<Peek>(&record) else {
                 continue;
             };
             let stream = match peek.stream {
