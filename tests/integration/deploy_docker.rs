@@ -57,16 +57,19 @@ pub fn docker(args: &[&str]) -> String {
 }
 
 /// Builds the ferry image from the binary under test with `deploy/image/build.sh` (FROM
-/// scratch: no registry is reachable) as `tag`; removed when dropped.
+/// scratch: no registry is reachable) as `tag`; removed when dropped. `FERRY_TEST_IMAGE_BINARY`
+/// names another binary (a release build, for measurements).
 pub struct FerryImage {
     pub tag: String,
 }
 
 impl FerryImage {
     pub fn build(tag: &str) -> FerryImage {
+        let binary =
+            std::env::var("FERRY_TEST_IMAGE_BINARY").unwrap_or_else(|_| crate::util::FERRY.into());
         let out = Command::new("bash")
             .arg(repo().join("deploy/image/build.sh"))
-            .arg(crate::util::FERRY)
+            .arg(&binary)
             .arg(tag)
             .output()
             .expect("bash runs");

@@ -379,7 +379,8 @@ fn process_cost(pid: &str) -> (f64, u64, u64) {
 /// A measurement, not a check: the agent's CPU and memory on this node under the shipped stack
 /// with 20 busy containers (a replicated service, each task printing 100 nginx access lines a
 /// second: 2,000 lines/s, about 0.3 MiB/s). Run it with
-/// `cargo nextest run -p ferry --run-ignored only swarm_agent_cost`.
+/// `FERRY_TEST_IMAGE_BINARY=target/release/ferry cargo nextest run -p ferry --run-ignored only
+/// swarm_agent_cost` (a release binary: the test profile leaves ferry's own code unoptimised).
 #[test]
 #[ignore = "a measurement: about 3 minutes on the Swarm of this engine"]
 fn swarm_agent_cost_with_20_busy_containers() {
