@@ -27,20 +27,24 @@ fn python_available(test: &str) -> bool {
     true
 }
 
-fn manifests() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/kubernetes"))
+/// The manifests in `deploy/kubernetes/<folder>`, in apply order.
+fn manifests(folder: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/kubernetes").join(folder))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no manifests under deploy/kubernetes");
+    assert!(
+        !files.is_empty(),
+        "no manifests under deploy/kubernetes/{folder}"
+    );
     files
 }
 
-/// Every YAML document of the manifests, as JSON (read by PyYAML).
-fn documents() -> Vec<Value> {
+/// Every YAML document of `files`, as JSON (read by PyYAML).
+fn documents(files: &[PathBuf]) -> Vec<Value> {
     let out = Command::new("python3")
         .args([
             "-c",
@@ -48,7 +52,7 @@ fn documents() -> Vec<Value> {
              docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]\n\
              json.dump(docs, sys.stdout)",
         ])
-        .args(manifests())
+        .args(files)
         .output()
         .unwrap_or_else(|e| panic!("python3 does not run ({e}); or set FERRY_TEST_SKIP_PYTHON=1"));
     assert!(
@@ -57,6 +61,22 @@ fn documents() -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What a cluster holds after `kubectl apply -f deploy/kubernetes/` and then, for each of
+/// `overlays`, `kubectl apply -f deploy/kubernetes/<overlay>/` (an object of the same kind and
+/// name replaces the earlier one).
+fn applied(overlays: &[&str]) -> Vec<Value> {
+    let mut docs = documents(&manifests(""));
+    for overlay in overlays {
+        for doc in documents(&manifests(overlay)) {
+            docs.retain(|d| {
+                !(d["kind"] == doc["kind"] && d["metadata"]["name"] == doc["metadata"]["name"])
+            });
+            docs.push(doc);
+        }
+    }
+    docs
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -73,7 +93,8 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
     for version in KUBERNETES_VERSIONS {
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "--quiet", "-k", version])
-            .args(manifests())
+            .args(manifests(""))
+            .args(manifests("docker-engine"))
             .output()
             .unwrap_or_else(|e| {
                 panic!("kubernetes-validate does not run ({e}): `pip install kubernetes-validate==1.37.0` (as .ci/run does), or set FERRY_TEST_SKIP_PYTHON=1")
@@ -86,7 +107,7 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         );
     }
     // Every object is namespaced in ferry's namespace, or is that namespace.
-    for doc in documents() {
+    for doc in documents(&[manifests(""), manifests("docker-engine")].concat()) {
         if doc["kind"] != "Namespace" {
             assert_eq!(doc["metadata"]["namespace"], "ferry", "{}", doc["metadata"]);
         }
@@ -174,15 +195,25 @@ fn assert_mounts_cover_exactly(
     }
 }
 
+/// The agent mounts exactly what its configuration reads, on containerd nodes (the folder as
+/// it is) and on Docker Engine nodes (with `docker-engine/` applied over it: the Docker socket,
+/// the host's cgroups and /proc besides).
 #[test]
 fn kubernetes_agent_mounts_exactly_what_its_configuration_reads() {
     if !python_available("the Kubernetes mount check") {
         return;
     }
-    let docs = documents();
-    let daemonset = find(&docs, "DaemonSet", "ferry-agent");
+    let containerd = check_agent(&applied(&[]));
+    assert!(!containerd.docker_enabled && !containerd.stats_enabled);
+    let docker = check_agent(&applied(&["docker-engine"]));
+    assert!(docker.docker_enabled && docker.stats_enabled);
+}
+
+/// Checks the agent's DaemonSet against its ConfigMap in `docs`; returns the configuration.
+fn check_agent(docs: &[Value]) -> AgentConfig {
+    let daemonset = find(docs, "DaemonSet", "ferry-agent");
     let pod = &daemonset["spec"]["template"]["spec"];
-    let text = find(&docs, "ConfigMap", "ferry-agent")["data"]["ferry.toml"]
+    let text = find(docs, "ConfigMap", "ferry-agent")["data"]["ferry.toml"]
         .as_str()
         .unwrap();
     let agent = toml::from_str::<AgentFile>(text)
@@ -226,13 +257,23 @@ fn kubernetes_agent_mounts_exactly_what_its_configuration_reads() {
     let mounts = mounts(daemonset, "agent");
     assert_mounts_cover_exactly("the agent DaemonSet", &reads, &mounts);
 
+    // Each host path is what the agent reads there by default, so a setting that moves it
+    // (stats_*_root) names where the host's is mounted; log paths stay where they are, because
+    // Docker's LogPath and the kubelet's links name host paths.
+    let defaults = AgentConfig::default();
     for (at, volume, read_only) in &mounts {
         if let Some(host) = volume["hostPath"]["path"].as_str() {
-            // Same path inside and out: Docker's LogPath and the kubelet's symlinks name host paths.
+            let moved = [
+                (&agent.stats_cgroup_root, &defaults.stats_cgroup_root),
+                (&agent.stats_proc_root, &defaults.stats_proc_root),
+            ]
+            .into_iter()
+            .find(|(configured, _)| *configured == at);
+            let expected = moved.map_or(at, |(_, default)| default);
             assert_eq!(
                 Path::new(host),
-                at,
-                "hostPath {host} is mounted at {}",
+                expected,
+                "{} is mounted from {host}",
                 at.display()
             );
             let writes = at == &agent.data_dir;
@@ -290,7 +331,7 @@ fn kubernetes_agent_mounts_exactly_what_its_configuration_reads() {
     );
 
     // The extra rules compile.
-    let rules = find(&docs, "ConfigMap", "ferry-rules")["data"]
+    let rules = find(docs, "ConfigMap", "ferry-rules")["data"]
         .as_object()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -299,6 +340,7 @@ fn kubernetes_agent_mounts_exactly_what_its_configuration_reads() {
     }
     let errors = ferry_parsers::check_rule_files(&[dir.path().to_path_buf()]);
     assert!(errors.is_empty(), "the ferry-rules ConfigMap: {errors:?}");
+    agent
 }
 
 #[test]
@@ -306,7 +348,7 @@ fn kubernetes_aggregator_mounts_its_config_token_and_volume_where_its_configurat
     if !python_available("the Kubernetes mount check") {
         return;
     }
-    let docs = documents();
+    let docs = applied(&[]);
     let statefulset = find(&docs, "StatefulSet", "ferry-aggregator");
     let pod = &statefulset["spec"]["template"]["spec"];
     let text = find(&docs, "ConfigMap", "ferry-aggregator")["data"]["ferry.toml"]
