@@ -267,7 +267,7 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Containers of one test, removed when dropped (also on panic).
+/// Containers of one test, removed with their anonymous volumes when dropped (also on panic).
 struct Containers {
     label: String,
 }
@@ -289,7 +289,7 @@ impl Drop for Containers {
         let ids = docker_in(repo(), &[], &["ps", "-aq", "--filter", &filter]).unwrap_or_default();
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
+            let mut args = vec!["rm", "-f", "-v"];
             args.extend(ids);
             let _ = docker_in(repo(), &[], &args);
         }
