@@ -4,6 +4,12 @@
 mod alerts_differential;
 mod bad_input;
 mod crash;
+mod deploy_docker;
+mod deploy_grafana;
+mod deploy_kibana;
+mod deploy_kubernetes;
+mod deploy_swarm;
+mod deploy_systemd;
 mod elasticsearch;
 mod pipeline;
 mod rules;
