@@ -26,11 +26,11 @@ pub fn probe(url: &str, timeout: Duration) -> anyhow::Result<String> {
         .with_context(|| format!("{url}: cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("{url}: cannot send the request"))?;
+    // One write: a server may answer and close as soon as it has read the request line.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("{url}: cannot send the request"))?;
     // The status line and a little of the body (the reason a sick process gives) are enough.
     let mut answer = Vec::new();
     stream
@@ -58,8 +58,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // The whole request, then the answer.
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(answer.as_bytes()).unwrap();
         });
         format!("http://{addr}/health")

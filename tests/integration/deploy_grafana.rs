@@ -22,9 +22,7 @@ use crate::util::*;
 /// Series the dashboards chart that do not exist yet, and the work that brings them: their
 /// queries must parse, and must return nothing (a query that returns data fails the test, so
 /// this list is kept honest when the work lands).
-const PENDING_SERIES: &[(&str, &str)] = &[
-    ("ferry_alerts_active", "issue 11: alert states"),
-];
+const PENDING_SERIES: &[(&str, &str)] = &[("ferry_alerts_active", "issue 11: alert states")];
 
 /// What the test puts for Grafana's variables: every host, container, agent and sink ("All"),
 /// and intervals that fit a 1 s scrape interval.

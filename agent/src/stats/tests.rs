@@ -52,6 +52,16 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Whether a docker command succeeds (its output dropped).
+fn docker_ok(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A running test container, removed on drop.
 struct TestContainer {
     id: String,
@@ -155,7 +165,7 @@ async fn working_set_and_cpu_rise_within_two_intervals_and_agree_with_docker() {
     let c = TestContainer::run(
         &[],
         "while [ ! -f /go ]; do sleep 0.05; done; md5sum /dev/zero & \
-         awk 'BEGIN{s=\"x\"; while(length(s)<50000000) s=s s; system(\"sleep 600\")}'",
+         awk 'BEGIN{s=\"x\"; while(length(s)<50000000) s=s s; system(\"touch /held; sleep 600\")}'",
     );
     let interval = Duration::from_millis(500);
     let metrics = Arc::new(Metrics::default());
@@ -201,7 +211,16 @@ async fn working_set_and_cpu_rise_within_two_intervals_and_agree_with_docker() {
     let cpu0 = get(&baseline, m::CPU_USAGE);
     assert!(ws0 < 20e6, "idle working set {ws0}");
     docker(&["exec", &c.id, "touch", "/go"]);
-    // Drop whatever was sampled before `go`; then the second pass after it must show the load.
+    // The container builds its string at whatever pace the machine allows; once it says it
+    // holds it, the second pass after that must show the memory and the CPU.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !docker_ok(&["exec", &c.id, "test", "-f", "/held"]) {
+        assert!(
+            Instant::now() < deadline,
+            "the container never built its string"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     while next_sample(&mut rx).is_some() {}
     let _first = recv(&mut rx);
     let second = recv(&mut rx);
