@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash;
+mod edges;
 mod elasticsearch;
 mod pipeline;
 mod rules;
