@@ -417,3 +417,176 @@ fn random_rotations_truncations_backpressure_and_sigkills_lose_and_duplicate_not
         );
     }
 }
+
+/// Runs the docker CLI; panics with its stderr when it fails.
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes the test's container when dropped (also on panic).
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Build item 6: a real container whose json-file log Docker rotates itself (`max-size=1m`,
+/// `max-file=3`) while it writes fast and the agent is SIGKILLed and restarted several times.
+/// Every line Docker still holds on disk at the end arrives, under one id; lines Docker deleted
+/// with a rotated file before the agent read them are Docker's loss, counted and printed.
+#[test]
+fn docker_rotation_while_the_agent_is_sigkilled_delivers_every_line_kept_on_disk() {
+    if std::env::var("FERRY_TEST_SKIP_DOCKER").is_ok_and(|v| v == "1") {
+        eprintln!("FERRY_TEST_SKIP_DOCKER=1: skipping a test that needs the Docker engine");
+        return;
+    }
+    let image = std::process::Command::new("docker")
+        .args(["image", "inspect", "ferry-test:latest"])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        image.status.success(),
+        "ferry-test:latest is missing: run `bash tests/image/build.sh` (or set FERRY_TEST_SKIP_DOCKER=1)"
+    );
+    let seed = std::env::var("FERRY_EDGE_SEED")
+        .ok()
+        .and_then(|s| s.split(',').next()?.trim().parse().ok())
+        .unwrap_or(5u64);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let recorder = Recorder::start();
+    let w = World::new();
+    let label = format!("{:016x}", fastrand::u64(..));
+    let config = w.path("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+host_name = "test-node"
+data_dir = "{agent}"
+aggregator_url = "http://127.0.0.1:{port}"
+include = ["/var/lib/docker/containers/*/*-json.log"]
+containers_include = ["label:ferry.test={label}"]
+metrics_listen = "127.0.0.1:0"
+poll_interval_ms = 50
+glob_interval_ms = 200
+rotate_wait_ms = 1000
+batch_max_age_ms = 100
+backoff_max_ms = 200
+docker_reconnect_max_ms = 300
+stats_enabled = false
+"#,
+            agent = w.path("agent").display(),
+            port = recorder.port,
+        ),
+    )
+    .unwrap();
+    let mut agent = w.start_agent(&config);
+    let lines = 60_000;
+    let name = format!("ferry-test-rotation-{}", &label[..8]);
+    let pad = "x".repeat(80);
+    let script =
+        format!("i=0; while [ $i -lt {lines} ]; do echo \"seq $i {pad}\"; i=$((i+1)); done");
+    let lbl = format!("ferry.test={label}");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &lbl,
+        "--log-opt",
+        "max-size=1m",
+        "--log-opt",
+        "max-file=3",
+        "ferry-test:latest",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let _container = Container(id.clone());
+    // SIGKILL the agent at random moments while the container writes and Docker rotates.
+    let mut kills = 0;
+    while kills < 4 {
+        std::thread::sleep(Duration::from_millis(rng.u64(200..900)));
+        agent.kill();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
+        agent = w.start_agent(&config);
+    }
+    docker(&["wait", &id]);
+    let log_path = PathBuf::from(docker(&["inspect", "-f", "{{.LogPath}}", &id]));
+    // What Docker kept: the live file and its rotated siblings, oldest first.
+    let mut on_disk: Vec<String> = Vec::new();
+    for n in (1..=2).rev() {
+        on_disk.extend(docker_messages(&rotated(&log_path, n)));
+    }
+    on_disk.extend(docker_messages(&log_path));
+    assert!(!on_disk.is_empty());
+    let kept: HashSet<&str> = on_disk.iter().map(String::as_str).collect();
+    let delivered_kept = || {
+        let accepted = recorder.state.accepted.lock().unwrap();
+        let got: HashSet<&str> = accepted.iter().map(|a| a.message.as_str()).collect();
+        kept.iter().filter(|l| got.contains(*l)).count()
+    };
+    wait_for("every line kept on disk", Duration::from_secs(90), || {
+        (delivered_kept() == kept.len()).then_some(())
+    });
+    assert_eq!(agent.terminate().code(), Some(0));
+    let accepted = recorder.state.accepted.lock().unwrap().clone();
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    for a in accepted.iter().filter(|a| a.message.starts_with("seq ")) {
+        if let Some(id) = ids.insert(&a.message, &a.id) {
+            assert_eq!(id, a.id, "{:?} arrived under two ids", a.message);
+        }
+    }
+    let written: Vec<String> = (0..lines).map(|i| format!("seq {i} {pad}")).collect();
+    assert!(
+        on_disk.iter().all(|l| written.contains(l)),
+        "foreign lines on disk"
+    );
+    let dropped_by_docker = written
+        .iter()
+        .filter(|l| !kept.contains(l.as_str()) && !ids.contains_key(l.as_str()))
+        .count();
+    // Docker's files hold a suffix of the sequence: everything after its oldest kept line.
+    let first_kept: usize = on_disk[0].split(' ').nth(1).unwrap().parse().unwrap();
+    assert_eq!(on_disk.len(), lines - first_kept, "Docker keeps a suffix");
+    eprintln!(
+        "docker rotation: {lines} lines written, {} kept on disk by Docker (from seq {first_kept}), \
+         {} delivered (every kept line once), {} replays after {kills} SIGKILLs, \
+         {dropped_by_docker} deleted by Docker's rotation before the agent read them",
+        on_disk.len(),
+        ids.len(),
+        accepted.len() - ids.len(),
+    );
+}
+
+/// The `log` field of every line of a Docker json-file log, without its newline.
+fn docker_messages(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["log"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('\n')
+                .to_string()
+        })
+        .collect()
+}
