@@ -755,13 +755,19 @@ impl Tailer {
         // files, the siblings on disk count as read.
         let adopt =
             first_scan && (self.legacy || (self.first_start && self.s.read_from == ReadFrom::End));
-        let live: Vec<(PathBuf, FileKey)> = self
-            .files
-            .values()
-            .filter(|f| f.matched)
-            .map(|f| (f.home.clone(), f.key))
-            .collect();
-        for (path, key) in live {
+        // Every log path the agent knows, whether or not a file is at it now (it may have been
+        // rotated or deleted, its siblings still unread).
+        let mut homes: BTreeMap<PathBuf, Option<FileKey>> = BTreeMap::new();
+        for f in self.files.values() {
+            let live = homes.entry(f.home.clone()).or_default();
+            if f.matched && f.path == f.home {
+                *live = Some(f.key);
+            }
+        }
+        for (_, e) in self.finished.values() {
+            homes.entry(PathBuf::from(&e.path)).or_default();
+        }
+        for (path, key) in homes {
             self.catch_up(&path, key, adopt);
         }
         self.prune_finished();
@@ -817,7 +823,7 @@ impl Tailer {
     /// The rotated siblings of `live` (the file `live_key`) nobody read are read (oldest first,
     /// each as its own source, the live file last), or with `adopt`, recorded as finished without
     /// reading them.
-    fn catch_up(&mut self, live: &std::path::Path, live_key: FileKey, adopt: bool) {
+    fn catch_up(&mut self, live: &std::path::Path, live_key: Option<FileKey>, adopt: bool) {
         let mut prev = None;
         let mut caught = false;
         for sibling in siblings(live, &self.s.rotated_suffixes) {
@@ -871,8 +877,9 @@ impl Tailer {
             caught = true;
             self.files.insert(sibling.key, f);
         }
-        if let Some(f) = self.files.get_mut(&live_key).filter(|_| caught) {
-            f.after = prev.filter(|k| *k != live_key);
+        let live_file = live_key.and_then(|k| self.files.get_mut(&k));
+        if let Some(f) = live_file.filter(|_| caught) {
+            f.after = prev.filter(|k| Some(*k) != live_key);
         }
     }
 
@@ -1070,7 +1077,7 @@ impl Tailer {
         }
         // Generations written, copied and truncated while the agent was not looking are in
         // copies nobody read: read them before the file's new contents.
-        self.catch_up(&home, key, false);
+        self.catch_up(&home, Some(key), false);
     }
 
     /// One turn over every file. `Err` when the forwarder is gone.

@@ -6,7 +6,9 @@
 //! before any deduplication.
 //!
 //! Seeds: `FERRY_EDGE_SEED` (one seed, or several separated by commas); by default a fixed list
-//! runs (bounded: each seed's schedule takes a few seconds, its delivery at most 40 s).
+//! runs (bounded: each seed's schedule takes a few seconds, its delivery at most 40 s). A seed
+//! replays the same schedule of operations (not the same timing against the agent).
+//! `FERRY_EDGE_KEEP_LOG=1` keeps each seed's agent log as `/tmp/edge-agent-<seed>.log`.
 //!
 //! What is asserted, per generation of the file (the contents between two rotations):
 //! - rotated by rename, copytruncated with the copy kept, or still live at the end: every line
@@ -302,6 +304,10 @@ fn run_seed(seed: u64) -> Outcome {
     }
     assert_eq!(agent.terminate().code(), Some(0), "seed {seed}: clean stop");
     let accepted = recorder.state.accepted.lock().unwrap().clone();
+    if std::env::var("FERRY_EDGE_KEEP_LOG").is_ok() {
+        let _ = std::fs::copy(w.path("agent.log"), format!("/tmp/edge-agent-{seed}.log"));
+        eprintln!("seed {seed} ops: {trace:?}");
+    }
 
     // Exactly once: one id per line; order per source within a run.
     let mut ids: HashMap<&str, &str> = HashMap::new();
@@ -310,7 +316,6 @@ fn run_seed(seed: u64) -> Outcome {
     for a in &accepted {
         if let Some(id) = ids.insert(&a.message, &a.id) {
             if id != a.id {
-                let _ = std::fs::copy(w.path("agent.log"), "/tmp/edge-agent.log");
                 let both: Vec<&Accepted> =
                     accepted.iter().filter(|b| b.message == a.message).collect();
                 panic!(
