@@ -25,6 +25,21 @@
 //! passes (checked every loop turn; the loop sleeps no longer than the next deadline), when the
 //! last file of their path closes (deleted, rotated away with no successor), when the file is
 //! truncated, and when the path's rules change.
+//!
+//! The file edges: before every read of a file the tailer checks that it still holds what was
+//! read (at least as long as the read position, the same head, the same [`TAIL_BYTES`] just
+//! before the position). When it does not (copytruncate, truncation, refilled past the position
+//! while the tailer waited on the channel), the source is finished in a copy beside it among the
+//! file's rotated siblings (`crate::rotated`), matched by head and those bytes, under its own
+//! fingerprint; the file itself is read from 0 as the next generation. At start, a checkpointed
+//! source whose file left its path is finished the same way in the sibling with its inode, or in
+//! a copy. At every scan, the siblings of every known log path that no open file, checkpoint
+//! entry or finished entry claims are read from their start, oldest first (the live file waits,
+//! [`TailedFile::after`]). A rotated file read to its end stays in the checkpoint as `finished`
+//! while it is on disk, so it is never taken for an unread one, and a new source is registered
+//! in the checkpoint before its first record leaves ([`Sealed::register`]). What cannot be found
+//! is counted as lost (`ferry_agent_sources_lost_total{reason}`) and logged, never forgotten
+//! silently.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
