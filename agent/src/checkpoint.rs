@@ -183,6 +183,15 @@ impl Checkpointer {
         }
     }
 
+    /// Adds entries for sources it does not know yet (known ones keep their position).
+    pub fn register(&mut self, updates: impl IntoIterator<Item = Update>) {
+        for (fingerprint, entry) in updates {
+            if let Some(entry) = entry {
+                self.sources.entry(fingerprint).or_insert(entry);
+            }
+        }
+    }
+
     /// The current document, ready for [`write_file`].
     pub fn encode(&self) -> Vec<u8> {
         let doc = Document {

@@ -244,6 +244,11 @@ impl Forwarder {
                 }
                 Wake::Closed | Wake::Deadline => break,
             };
+            if !item.register.is_empty() {
+                // New sources are durable before any of their records leave.
+                self.checkpointer.register(item.register);
+                self.write_checkpoint().await;
+            }
             if let Some(batch) = item.batch {
                 if !self.deliver(batch).await {
                     warn!("Shutdown deadline passed before the batch was acknowledged; it is read again after restart");

@@ -25,6 +25,21 @@
 //! passes (checked every loop turn; the loop sleeps no longer than the next deadline), when the
 //! last file of their path closes (deleted, rotated away with no successor), when the file is
 //! truncated, and when the path's rules change.
+//!
+//! The file edges: before every read of a file the tailer checks that it still holds what was
+//! read (at least as long as the read position, the same head, the same [`TAIL_BYTES`] just
+//! before the position). When it does not (copytruncate, truncation, refilled past the position
+//! while the tailer waited on the channel), the source is finished in a copy beside it among the
+//! file's rotated siblings (`crate::rotated`), matched by head and those bytes, under its own
+//! fingerprint; the file itself is read from 0 as the next generation. At start, a checkpointed
+//! source whose file left its path is finished the same way in the sibling with its inode, or in
+//! a copy. At every scan, the siblings of every known log path that no open file, checkpoint
+//! entry or finished entry claims are read from their start, oldest first (the live file waits,
+//! [`TailedFile::after`]). A rotated file read to its end stays in the checkpoint as `finished`
+//! while it is on disk, so it is never taken for an unread one, and a new source is registered
+//! in the checkpoint before its first record leaves ([`Sealed::register`]). What cannot be found
+//! is counted as lost (`ferry_agent_sources_lost_total{reason}`) and logged, never forgotten
+//! silently.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -60,6 +75,11 @@ const CHUNKS_PER_TURN: usize = 8;
 pub(crate) struct Sealed {
     pub batch: Option<EncodedBatch>,
     pub updates: Vec<Update>,
+    /// New sources, at the offset their reading started: true before the batch is sent, so the
+    /// forwarder makes them durable first. A source read, then acknowledged, then moved to a
+    /// copy before its first checkpoint would otherwise be found again after a crash as a file
+    /// nobody read, and read again under another identity.
+    pub register: Vec<Update>,
 }
 
 /// What the tailer needs from the configuration.
@@ -222,6 +242,9 @@ struct TailedFile {
     /// An older rotated file of the same log, read first: this one is not read until that one
     /// has been read to its end once.
     after: Option<FileKey>,
+    /// A new source not in the checkpoint yet: registered at this offset (where its reading
+    /// started) with the next sealed batch.
+    register_at: Option<u64>,
 }
 
 impl TailedFile {
@@ -246,6 +269,7 @@ impl TailedFile {
             tail: Vec::new(),
             size_seen: 0,
             after: None,
+            register_at: None,
         }
     }
 
@@ -730,10 +754,14 @@ impl Tailer {
             for key in gone {
                 let mut entries = self.restored.remove(&key).unwrap_or_default();
                 entries.sort_by_key(|(_, e)| e.generation);
+                // The latest generation may be the file itself; earlier ones (truncated, their
+                // rest copied) can only be in copies.
                 if let Some((fp, entry)) = entries.pop() {
                     self.follow(fp, entry, Some(key), LostReason::Gone);
                 }
-                self.removals.extend(entries.into_iter().map(|(fp, _)| fp));
+                for (fp, entry) in entries {
+                    self.follow(fp, entry, None, LostReason::Truncated);
+                }
             }
         }
         // Rotated siblings nobody read (a file met after its first rotations, or generations
@@ -742,13 +770,19 @@ impl Tailer {
         // files, the siblings on disk count as read.
         let adopt =
             first_scan && (self.legacy || (self.first_start && self.s.read_from == ReadFrom::End));
-        let live: Vec<(PathBuf, FileKey)> = self
-            .files
-            .values()
-            .filter(|f| f.matched)
-            .map(|f| (f.home.clone(), f.key))
-            .collect();
-        for (path, key) in live {
+        // Every log path the agent knows, whether or not a file is at it now (it may have been
+        // rotated or deleted, its siblings still unread).
+        let mut homes: BTreeMap<PathBuf, Option<FileKey>> = BTreeMap::new();
+        for f in self.files.values() {
+            let live = homes.entry(f.home.clone()).or_default();
+            if f.matched && f.path == f.home {
+                *live = Some(f.key);
+            }
+        }
+        for (_, e) in self.finished.values() {
+            homes.entry(PathBuf::from(&e.path)).or_default();
+        }
+        for (path, key) in homes {
             self.catch_up(&path, key, adopt);
         }
         self.prune_finished();
@@ -804,7 +838,7 @@ impl Tailer {
     /// The rotated siblings of `live` (the file `live_key`) nobody read are read (oldest first,
     /// each as its own source, the live file last), or with `adopt`, recorded as finished without
     /// reading them.
-    fn catch_up(&mut self, live: &std::path::Path, live_key: FileKey, adopt: bool) {
+    fn catch_up(&mut self, live: &std::path::Path, live_key: Option<FileKey>, adopt: bool) {
         let mut prev = None;
         let mut caught = false;
         for sibling in siblings(live, &self.s.rotated_suffixes) {
@@ -858,8 +892,9 @@ impl Tailer {
             caught = true;
             self.files.insert(sibling.key, f);
         }
-        if let Some(f) = self.files.get_mut(&live_key).filter(|_| caught) {
-            f.after = prev.filter(|k| *k != live_key);
+        let live_file = live_key.and_then(|k| self.files.get_mut(&k));
+        if let Some(f) = live_file.filter(|_| caught) {
+            f.after = prev.filter(|k| Some(*k) != live_key);
         }
     }
 
@@ -1057,7 +1092,7 @@ impl Tailer {
         }
         // Generations written, copied and truncated while the agent was not looking are in
         // copies nobody read: read them before the file's new contents.
-        self.catch_up(&home, key, false);
+        self.catch_up(&home, Some(key), false);
     }
 
     /// One turn over every file. `Err` when the forwarder is gone.
@@ -1087,15 +1122,17 @@ impl Tailer {
                     break;
                 };
                 if f.source.is_none() {
-                    match establish(f, &self.s.host_name, &mut self.restored, &mut self.removals) {
+                    match establish(f, &self.s.host_name, &mut self.restored) {
                         Established::NoHead => {
                             // Nothing to read yet: at its end, as far as the files after it go.
                             f.eof_since.get_or_insert_with(Instant::now);
                             break;
                         }
                         Established::Ready => {}
-                        Established::Replaced(fp, entry) => {
-                            self.follow(fp, entry, None, LostReason::Truncated);
+                        Established::Replaced(earlier) => {
+                            for (fp, entry) in earlier {
+                                self.follow(fp, entry, None, LostReason::Truncated);
+                            }
                             continue;
                         }
                     }
@@ -1221,11 +1258,27 @@ impl Tailer {
         self.last_report = Instant::now();
         let mut updates: Vec<Update> = self.removals.drain(..).map(|fp| (fp, None)).collect();
         updates.append(&mut self.updates);
+        let mut register = Vec::new();
         for f in self.files.values_mut() {
             let Some(source) = &f.source else { continue };
             let hold = self.groups.get(&f.group).and_then(|g| g.hold(source));
             let offset = f.committable(hold);
             let path = f.home.to_string_lossy();
+            if let Some(start) = f.register_at.take() {
+                register.push((
+                    source.r.fingerprint.clone(),
+                    Some(Entry {
+                        path: path.to_string(),
+                        dev: f.key.dev,
+                        ino: f.key.ino,
+                        head_hash: source.head_hash.clone(),
+                        generation: source.generation,
+                        offset: start,
+                        tail_hash: tail_hash_at(&f.file, start),
+                        finished: false,
+                    }),
+                ));
+            }
             if f.reported
                 .as_ref()
                 .is_some_and(|(o, p)| *o == offset && *p == path)
@@ -1247,7 +1300,7 @@ impl Tailer {
                 }),
             ));
         }
-        if self.builder.is_empty() && updates.is_empty() {
+        if self.builder.is_empty() && updates.is_empty() && register.is_empty() {
             return true;
         }
         let batch = (!self.builder.is_empty()).then(|| match self.s.discard {
@@ -1263,7 +1316,13 @@ impl Tailer {
                 "Sealed batch"
             );
         }
-        self.tx.blocking_send(Sealed { batch, updates }).is_ok()
+        self.tx
+            .blocking_send(Sealed {
+                batch,
+                updates,
+                register,
+            })
+            .is_ok()
     }
 }
 
@@ -1301,9 +1360,9 @@ enum Established {
     NoHead,
     /// Its source is set: read on.
     Ready,
-    /// Ready, as the next generation: its checkpointed source (fingerprint, entry) is no longer
-    /// in it (truncated, or truncated and written again while the agent was down).
-    Replaced(String, Entry),
+    /// Ready; these checkpointed sources (fingerprint, entry) of its inode are no longer in it
+    /// (truncated, or truncated and written again, their rest perhaps in a copy).
+    Replaced(Vec<(String, Entry)>),
 }
 
 /// Fingerprints a file once it has a head, resuming from its checkpoint entry when the file
@@ -1313,7 +1372,6 @@ fn establish(
     f: &mut TailedFile,
     host: &str,
     restored: &mut HashMap<FileKey, Vec<(String, Entry)>>,
-    removals: &mut Vec<String>,
 ) -> Established {
     let head = match Head::read(&f.file) {
         Ok(Some(head)) => head,
@@ -1326,13 +1384,14 @@ fn establish(
     let head_hash = head.hash();
     let size = f.file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut resumed: Option<String> = None;
-    let mut replaced = None;
+    let mut replaced = Vec::new();
     let mut start = 0;
     if let Some(mut entries) = restored.remove(&f.key) {
-        // The latest generation is the file's current source; older ones are stale.
+        // The latest generation may be the file's current source; earlier ones were truncated
+        // (their rest may be in a copy).
         entries.sort_by_key(|(_, e)| e.generation);
         let (fp, e) = entries.pop().expect("restored lists are never empty");
-        removals.extend(entries.into_iter().map(|(fp, _)| fp));
+        replaced = entries;
         if holds(&f.file, &e.head_hash, e.offset, e.tail_hash.as_deref()) {
             resumed = Some(fp);
             f.generation = e.generation;
@@ -1341,11 +1400,12 @@ fn establish(
             info!(path = %f.path.display(), size, offset = e.offset,
                 "File truncated while the agent was down; looking for a copy, then reading it from the start");
             f.generation = e.generation + 1;
-            replaced = Some((fp, e));
+            replaced.push((fp, e));
         }
     } else if let Some(limit) = f.start_at_end {
         start = last_line_end(&f.file, limit.min(size));
     }
+    let resumed_at_entry = resumed.is_some();
     let fp = resumed.unwrap_or_else(|| fingerprint(host, f.key, &head, f.generation));
     info!(path = %f.path.display(), fingerprint = %fp, offset = start, "Tailing file");
     f.source = Some(Source {
@@ -1361,9 +1421,10 @@ fn establish(
     f.start_at_end = None;
     f.size_seen = size;
     f.load_tail();
-    match replaced {
-        Some((fp, e)) => Established::Replaced(fp, e),
-        None => Established::Ready,
+    f.register_at = (!resumed_at_entry).then_some(start);
+    match replaced.is_empty() {
+        true => Established::Ready,
+        false => Established::Replaced(replaced),
     }
 }
 
@@ -1543,7 +1604,7 @@ mod tests {
         let decoder = Decoder::new(crate::decode::Format::Plain, s.max_line_bytes);
         let mut f = TailedFile::new(key, path.to_path_buf(), file, path.to_path_buf(), decoder);
         assert!(matches!(
-            establish(&mut f, "h", &mut HashMap::new(), &mut Vec::new()),
+            establish(&mut f, "h", &mut HashMap::new()),
             Established::Ready
         ));
         f

@@ -10,6 +10,7 @@ mod deploy_kibana;
 mod deploy_kubernetes;
 mod deploy_swarm;
 mod deploy_systemd;
+mod edges;
 mod elasticsearch;
 mod pipeline;
 mod rules;

@@ -316,7 +316,13 @@ async fn seal(
         .collect();
     updates.extend(forget.drain(..).map(|fp| (fp, None)));
     let batch = (!builder.is_empty()).then(|| builder.finish(s.compression));
-    tx.send(Sealed { batch, updates }).await.is_ok()
+    tx.send(Sealed {
+        batch,
+        updates,
+        register: Vec::new(),
+    })
+    .await
+    .is_ok()
 }
 
 /// What every follower shares.

@@ -326,6 +326,7 @@ pub(crate) async fn run(
         let sealed = Sealed {
             batch: Some(builder.finish(settings.compression)),
             updates: Vec::new(),
+            register: Vec::new(),
         };
         tokio::select! {
             sent = tokio::time::timeout(settings.interval, tx.send(sealed)) => match sent {

@@ -346,3 +346,64 @@ async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_los
     assert_eq!(agent.metrics.send_errors_of(SendError::Rejected), 0);
     agent.shutdown().await;
 }
+
+/// Regression (issue 10, finding 4): a 413 split down to single records dead-letters each of
+/// them within the same second; none may replace another (`Path::with_extension` cut the names
+/// at the stamp's milliseconds, so they all had one name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_records_dead_lettered_in_one_second_keep_one_file_each() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("big", 0..8));
+    let agg = TestAggregator::start().await;
+    *agg.state.max_records.lock().unwrap() = Some(0);
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.batch_max_age_ms = 300; // the 8 lines in one batch
+    let agent = crate::start(cfg).await.unwrap();
+    let dl = dir.path().join("data/dead-letter");
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&dl)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    wait_until("8 dead letters counted", || {
+        agent
+            .metrics
+            .dead_letter_batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 8
+    })
+    .await;
+    let names = files();
+    assert_eq!(
+        names.len(),
+        16,
+        "one data and one reason file each: {names:?}"
+    );
+    let mut messages = Vec::new();
+    for name in names.iter().filter(|n| n.ends_with(".ndjson.gz")) {
+        let gz = std::fs::read(dl.join(name)).unwrap();
+        let batch =
+            ferry_wire::decode_batch(&gz, ferry_wire::Compression::Gzip { level: 1 }, 1 << 20)
+                .unwrap();
+        assert_eq!(batch.logs.len(), 1);
+        let r: ferry_wire::LogRecord =
+            serde_json::from_slice(batch.log_line(&batch.logs[0])).unwrap();
+        messages.push(r.message);
+        let reason = name.replace(".ndjson.gz", ".reason.txt");
+        let text = std::fs::read_to_string(dl.join(reason)).unwrap();
+        assert!(
+            text.contains("413 Payload Too Large for a single record"),
+            "{text}"
+        );
+    }
+    messages.sort();
+    assert_eq!(messages, lines("big", 0..8));
+    agent.shutdown().await;
+}

@@ -260,10 +260,13 @@ async fn docker_and_cri_files_are_decoded_and_enriched() {
     agent.shutdown().await;
 }
 
-/// Model-based: random appends, rename rotations, copytruncates and delete+recreate on one path.
-/// Between disruptive steps the test waits until the agent has read everything (copytruncate
-/// loses unread lines by its nature); at the end every line comes out exactly once, in order, per
-/// source.
+/// Model-based: random appends, rename rotations, copytruncates (the copy kept as `app.log.c<N>`)
+/// and delete+recreate on one path, with restarts. Rotations and truncations happen on the
+/// writer's schedule, never waiting for the agent (what was not read yet is finished in the
+/// rotated file or the copy); only a delete waits until the agent has read everything, because a
+/// file deleted before the agent opened it cannot be read by anyone (the randomized end-to-end
+/// test in `tests/integration/edges.rs` counts those cases instead). At the end every line comes
+/// out exactly once, in order, per source, counted on every accepted record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_write_rotate_truncate_delete_sequences_deliver_every_line_once() {
     for seed in 1..=3u64 {
@@ -284,18 +287,16 @@ async fn random_write_rotate_truncate_delete_sequences_deliver_every_line_once()
             let written: usize = generations.iter().map(Vec::len).sum();
             match rng.u8(0..10) {
                 0 => {
-                    wait_until("read all before rotating", || agg.stored().len() == written).await;
                     rotated += 1;
                     let _ =
                         std::fs::rename(&log, dir.path().join(format!("logs/app.log.{rotated}")));
                     generations.push(Vec::new());
                 }
                 1 => {
-                    wait_until("read all before truncating", || {
-                        agg.stored().len() == written
-                    })
-                    .await;
                     if log.exists() && !generations.last().unwrap().is_empty() {
+                        rotated += 1;
+                        std::fs::copy(&log, dir.path().join(format!("logs/app.log.{rotated}")))
+                            .unwrap();
                         std::fs::OpenOptions::new()
                             .write(true)
                             .open(&log)
