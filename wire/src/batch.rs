@@ -629,6 +629,19 @@ impl DecodedBatch {
         spliced
     }
 
+    /// The length of `log`'s whole record (what [`Self::write_record`] writes without
+    /// `ingested`), for sizing a buffer before writing.
+    pub fn record_len(&self, log: &DecodedLog) -> usize {
+        let source = match log.split {
+            Some(_) => self.sources[log.source as usize]
+                .fields
+                .as_ref()
+                .map_or(0, |f| f.file_member.len() + f.members.len()),
+            None => 0,
+        };
+        log.line.len() + source
+    }
+
     /// `log`'s whole record as a version 1 batch carries it.
     pub fn record(&self, log: &DecodedLog) -> Cow<'_, [u8]> {
         if log.split.is_none() {
@@ -711,13 +724,50 @@ pub fn decompress(
             let dec = GzDecoder::new(body);
             read_bounded(dec, body.len().saturating_mul(4), max_decompressed)?
         }
-        Compression::Zstd { .. } => {
-            let dec = zstd::stream::Decoder::new(body)
-                .map_err(|e| BatchError::Compression(e.to_string()))?;
-            read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
-        }
+        Compression::Zstd { .. } => match zstd_in_one_call(body, max_decompressed)? {
+            Some(data) => data,
+            None => {
+                let dec = zstd::stream::Decoder::new(body)
+                    .map_err(|e| BatchError::Compression(e.to_string()))?;
+                read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
+            }
+        },
     };
     Ok(data)
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, kept across batches.
+    static ZSTD_DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A zstd body whose frame states its size (as the agent's do), decompressed in one call into
+/// a buffer of exactly that size with this thread's context: no context, window buffer or
+/// growing output set up per batch. `None` when the frame does not say its size or holds more
+/// than it says (several frames): then the streaming decoder decides.
+fn zstd_in_one_call(body: &[u8], max: usize) -> Result<Option<Vec<u8>>, BatchError> {
+    let size = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(BatchError::Compression("not a zstd frame".into())),
+    };
+    if size > max as u64 {
+        return Err(BatchError::TooLarge { limit: max });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    let done = ZSTD_DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Decompressor::new().ok();
+        }
+        cell.as_mut()
+            .map(|dctx| dctx.decompress_to_buffer(body, &mut out))
+    });
+    Ok(match done {
+        Some(Ok(n)) if n == out.len() && n as u64 == size => Some(out),
+        _ => None,
+    })
 }
 
 fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, BatchError> {
@@ -1149,6 +1199,8 @@ mod tests {
                         assert_eq!(without, &*d2.record(l2));
                     }
                 }
+                assert_eq!(d2.record_len(l2), d1.record(l1).len());
+                assert_eq!(d1.record_len(l1), d1.record(l1).len());
                 assert_eq!(d2.id(l2), r.event.id);
                 assert_eq!(d2.timestamp(l2), r.timestamp);
                 assert_eq!(d2.fingerprint(l2), r.log.file.fingerprint);
@@ -1263,6 +1315,34 @@ mod tests {
         enc.write_all(&vec![b' '; 10 << 20]).unwrap();
         let body = enc.finish().unwrap();
         let err = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 20).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn zstd_bodies_of_several_frames_or_without_a_size_still_decode() {
+        let mut b = BatchBuilder::new("node");
+        for i in 0..10 {
+            b.push_log(&record(i));
+        }
+        let raw = b.finish(Compression::None).body;
+        let (head, tail) = raw.split_at(raw.len() / 3);
+        // Two frames, each stating the size of its own part only.
+        let mut two = zstd::bulk::compress(head, 1).unwrap();
+        two.extend(zstd::bulk::compress(tail, 1).unwrap());
+        // A streamed frame, which does not state its size.
+        let streamed = zstd::stream::encode_all(&raw[..], 1).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        for body in [two, streamed, zstd::bulk::compress(&raw, 3).unwrap()] {
+            let dec = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 20).unwrap();
+            assert_eq!(dec.data, raw);
+            assert_eq!(dec.logs.len(), 10);
+        }
+        // A frame that states more than the limit is refused before anything is allocated.
+        let big = zstd::bulk::compress(&vec![b' '; 2 << 20], 1).unwrap();
+        let err = decode_batch(&big, Compression::Zstd { level: 1 }, 1 << 20).unwrap_err();
         assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
     }
 
