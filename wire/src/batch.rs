@@ -696,12 +696,14 @@ pub fn decode_batch(
     compression: Compression,
     max_decompressed: usize,
 ) -> Result<DecodedBatch, BatchError> {
-    parse_body(decompress(body, compression, max_decompressed)?)
+    parse_body(decompress(body, compression, max_decompressed)?, true)
 }
 
-/// Validates a batch that is already decompressed (a queue entry).
+/// Reads a batch that is already decompressed and was validated by [`decode_batch`] when it
+/// arrived (a queue entry, whose checksum guards it since): the same checks, except that a
+/// version 2 record's UTF-8 is not checked again.
 pub fn parse_batch(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
-    parse_body(data)
+    parse_body(data, false)
 }
 
 /// The NDJSON inside a batch body, refusing to grow past `max_decompressed` bytes.
@@ -782,7 +784,7 @@ fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
+fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchError> {
     let mut lines = LineRanges::new(&data);
     let (_, head_range) = lines.next().ok_or(BatchError::Empty)?;
     let header: BatchHeader =
@@ -826,7 +828,7 @@ fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
             let log = if header.ferry == 1 {
                 v1_log(&data, range, &mut sources)
             } else {
-                v2_log(&data, range, header.sources)
+                v2_log(&data, range, header.sources, check_utf8)
             };
             logs.push(log.map_err(bad)?);
         } else if found <= header.logs + header.stats {
@@ -897,7 +899,12 @@ fn v1_log(
 }
 
 /// A version 2 log record: `<record> <source> <offset position>`, its frame checked.
-fn v2_log(data: &[u8], line: Range<usize>, sources: usize) -> Result<DecodedLog, String> {
+fn v2_log(
+    data: &[u8],
+    line: Range<usize>,
+    sources: usize,
+    check_utf8: bool,
+) -> Result<DecodedLog, String> {
     let bytes = &data[line.clone()];
     let trailer = "a version 2 record ends with ` <source> <position>`";
     let (rest, at) = split_number(bytes).ok_or(trailer)?;
@@ -908,7 +915,9 @@ fn v2_log(data: &[u8], line: Range<usize>, sources: usize) -> Result<DecodedLog,
             "source {source} does not exist (the batch has {sources})"
         ));
     }
-    std::str::from_utf8(record).map_err(|e| format!("record is not UTF-8: {e}"))?;
+    if check_utf8 {
+        std::str::from_utf8(record).map_err(|e| format!("record is not UTF-8: {e}"))?;
+    }
     const ID: &[u8] = b"{\"event\":{\"id\":";
     if !record.starts_with(ID) {
         return Err(
@@ -1502,6 +1511,14 @@ mod tests {
                 for _ in 0..rng.usize(1..4) {
                     let at = rng.usize(..body.len());
                     body[at] = rng.u8(..);
+                }
+            }
+            // A queue entry is read without its UTF-8 checked again: nothing may panic either.
+            if let Ok(batch) = parse_batch(body.clone()) {
+                for log in &batch.logs {
+                    let mut out = Vec::new();
+                    batch.write_record(log, Some("t"), &mut out);
+                    let _ = (batch.id(log), batch.timestamp(log), batch.record(log));
                 }
             }
             for compression in [
