@@ -286,6 +286,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let secs = started.elapsed().as_secs_f64();
+    // What the batches held before compression (after it, for a discarding agent: nothing).
+    let ingest_bytes = http(addr, "GET", "/metrics", &[], b"")
+        .map(|r| metric(&r.body, "ferry_ingest_bytes_total"))
+        .unwrap_or(0.0);
     let gib = size as f64 / (1u64 << 30) as f64;
     let ((a_cpu, a_rss), (g_cpu, g_rss)) = peak;
     println!(
@@ -314,6 +318,13 @@ fn main() {
         g_cpu / gib,
         g_rss as f64 / 1048576.0
     );
+    if ingest_bytes > 0.0 {
+        println!(
+            "  batches        {:.1} MiB decompressed, {:.0} bytes a record",
+            ingest_bytes / 1048576.0,
+            ingest_bytes / lines as f64
+        );
+    }
     if let Some(d) = &double {
         let stats = d.handle.stats();
         println!(

@@ -629,6 +629,19 @@ impl DecodedBatch {
         spliced
     }
 
+    /// The length of `log`'s whole record (what [`Self::write_record`] writes without
+    /// `ingested`), for sizing a buffer before writing.
+    pub fn record_len(&self, log: &DecodedLog) -> usize {
+        let source = match log.split {
+            Some(_) => self.sources[log.source as usize]
+                .fields
+                .as_ref()
+                .map_or(0, |f| f.file_member.len() + f.members.len()),
+            None => 0,
+        };
+        log.line.len() + source
+    }
+
     /// `log`'s whole record as a version 1 batch carries it.
     pub fn record(&self, log: &DecodedLog) -> Cow<'_, [u8]> {
         if log.split.is_none() {
@@ -683,12 +696,14 @@ pub fn decode_batch(
     compression: Compression,
     max_decompressed: usize,
 ) -> Result<DecodedBatch, BatchError> {
-    parse_body(decompress(body, compression, max_decompressed)?)
+    parse_body(decompress(body, compression, max_decompressed)?, true)
 }
 
-/// Validates a batch that is already decompressed (a queue entry).
+/// Reads a batch that is already decompressed and was validated by [`decode_batch`] when it
+/// arrived (a queue entry, whose checksum guards it since): the same checks, except that a
+/// version 2 record's UTF-8 is not checked again.
 pub fn parse_batch(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
-    parse_body(data)
+    parse_body(data, false)
 }
 
 /// The NDJSON inside a batch body, refusing to grow past `max_decompressed` bytes.
@@ -711,13 +726,50 @@ pub fn decompress(
             let dec = GzDecoder::new(body);
             read_bounded(dec, body.len().saturating_mul(4), max_decompressed)?
         }
-        Compression::Zstd { .. } => {
-            let dec = zstd::stream::Decoder::new(body)
-                .map_err(|e| BatchError::Compression(e.to_string()))?;
-            read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
-        }
+        Compression::Zstd { .. } => match zstd_in_one_call(body, max_decompressed)? {
+            Some(data) => data,
+            None => {
+                let dec = zstd::stream::Decoder::new(body)
+                    .map_err(|e| BatchError::Compression(e.to_string()))?;
+                read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
+            }
+        },
     };
     Ok(data)
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, kept across batches.
+    static ZSTD_DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A zstd body whose frame states its size (as the agent's do), decompressed in one call into
+/// a buffer of exactly that size with this thread's context: no context, window buffer or
+/// growing output set up per batch. `None` when the frame does not say its size or holds more
+/// than it says (several frames): then the streaming decoder decides.
+fn zstd_in_one_call(body: &[u8], max: usize) -> Result<Option<Vec<u8>>, BatchError> {
+    let size = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(BatchError::Compression("not a zstd frame".into())),
+    };
+    if size > max as u64 {
+        return Err(BatchError::TooLarge { limit: max });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    let done = ZSTD_DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Decompressor::new().ok();
+        }
+        cell.as_mut()
+            .map(|dctx| dctx.decompress_to_buffer(body, &mut out))
+    });
+    Ok(match done {
+        Some(Ok(n)) if n == out.len() && n as u64 == size => Some(out),
+        _ => None,
+    })
 }
 
 fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, BatchError> {
@@ -732,7 +784,7 @@ fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
+fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchError> {
     let mut lines = LineRanges::new(&data);
     let (_, head_range) = lines.next().ok_or(BatchError::Empty)?;
     let header: BatchHeader =
@@ -776,7 +828,7 @@ fn parse_body(data: Vec<u8>) -> Result<DecodedBatch, BatchError> {
             let log = if header.ferry == 1 {
                 v1_log(&data, range, &mut sources)
             } else {
-                v2_log(&data, range, header.sources)
+                v2_log(&data, range, header.sources, check_utf8)
             };
             logs.push(log.map_err(bad)?);
         } else if found <= header.logs + header.stats {
@@ -847,7 +899,12 @@ fn v1_log(
 }
 
 /// A version 2 log record: `<record> <source> <offset position>`, its frame checked.
-fn v2_log(data: &[u8], line: Range<usize>, sources: usize) -> Result<DecodedLog, String> {
+fn v2_log(
+    data: &[u8],
+    line: Range<usize>,
+    sources: usize,
+    check_utf8: bool,
+) -> Result<DecodedLog, String> {
     let bytes = &data[line.clone()];
     let trailer = "a version 2 record ends with ` <source> <position>`";
     let (rest, at) = split_number(bytes).ok_or(trailer)?;
@@ -858,7 +915,9 @@ fn v2_log(data: &[u8], line: Range<usize>, sources: usize) -> Result<DecodedLog,
             "source {source} does not exist (the batch has {sources})"
         ));
     }
-    std::str::from_utf8(record).map_err(|e| format!("record is not UTF-8: {e}"))?;
+    if check_utf8 {
+        std::str::from_utf8(record).map_err(|e| format!("record is not UTF-8: {e}"))?;
+    }
     const ID: &[u8] = b"{\"event\":{\"id\":";
     if !record.starts_with(ID) {
         return Err(
@@ -1149,6 +1208,8 @@ mod tests {
                         assert_eq!(without, &*d2.record(l2));
                     }
                 }
+                assert_eq!(d2.record_len(l2), d1.record(l1).len());
+                assert_eq!(d1.record_len(l1), d1.record(l1).len());
                 assert_eq!(d2.id(l2), r.event.id);
                 assert_eq!(d2.timestamp(l2), r.timestamp);
                 assert_eq!(d2.fingerprint(l2), r.log.file.fingerprint);
@@ -1263,6 +1324,34 @@ mod tests {
         enc.write_all(&vec![b' '; 10 << 20]).unwrap();
         let body = enc.finish().unwrap();
         let err = decode_batch(&body, Compression::Gzip { level: 1 }, 1 << 20).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn zstd_bodies_of_several_frames_or_without_a_size_still_decode() {
+        let mut b = BatchBuilder::new("node");
+        for i in 0..10 {
+            b.push_log(&record(i));
+        }
+        let raw = b.finish(Compression::None).body;
+        let (head, tail) = raw.split_at(raw.len() / 3);
+        // Two frames, each stating the size of its own part only.
+        let mut two = zstd::bulk::compress(head, 1).unwrap();
+        two.extend(zstd::bulk::compress(tail, 1).unwrap());
+        // A streamed frame, which does not state its size.
+        let streamed = zstd::stream::encode_all(&raw[..], 1).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        for body in [two, streamed, zstd::bulk::compress(&raw, 3).unwrap()] {
+            let dec = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 20).unwrap();
+            assert_eq!(dec.data, raw);
+            assert_eq!(dec.logs.len(), 10);
+        }
+        // A frame that states more than the limit is refused before anything is allocated.
+        let big = zstd::bulk::compress(&vec![b' '; 2 << 20], 1).unwrap();
+        let err = decode_batch(&big, Compression::Zstd { level: 1 }, 1 << 20).unwrap_err();
         assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
     }
 
@@ -1422,6 +1511,14 @@ mod tests {
                 for _ in 0..rng.usize(1..4) {
                     let at = rng.usize(..body.len());
                     body[at] = rng.u8(..);
+                }
+            }
+            // A queue entry is read without its UTF-8 checked again: nothing may panic either.
+            if let Ok(batch) = parse_batch(body.clone()) {
+                for log in &batch.logs {
+                    let mut out = Vec::new();
+                    batch.write_record(log, Some("t"), &mut out);
+                    let _ = (batch.id(log), batch.timestamp(log), batch.record(log));
                 }
             }
             for compression in [
