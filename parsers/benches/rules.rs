@@ -15,9 +15,10 @@
 //!   syslog without a host, logfmt bare keys, Apache ErrorLogFormat forms, …). The `rule/` inputs
 //!   stay `<name>.txt`, so their figures compare across changes to the variants.
 //! - `walk_or_regex/<case>`: one line the greedy walk settles against the same line in the shape
-//!   the pattern leaves to the regex (a syslog line without its host, an nginx request line
-//!   that begins with a capital but is not `METHOD url HTTP/x`, a logfmt bare key between the
-//!   first two pairs): what a variant costs when the walk cannot follow it.
+//!   the pattern leaves to the regex (a syslog line without its host, a logfmt bare key between
+//!   the first two pairs, and an nginx request line that begins with a capital but is not
+//!   `METHOD url HTTP/x`, which the walk gives up on and the regex refuses): what a variant
+//!   costs when the walk cannot follow it.
 //!
 //! On a shared machine, set `FERRY_BENCH_CPU_TIME=1` to measure the benchmark thread's on-CPU
 //! time (`/proc/thread-self/schedstat`) instead of wall time: time the core spends on other
