@@ -411,8 +411,11 @@ fn variants<M: Measurement>(c: &mut Criterion<M>) {
 /// The benchmark thread's time on a CPU (see the module docs).
 struct CpuTime;
 
-/// Nanoseconds the calling thread has run on a CPU.
+/// Nanoseconds the calling thread has run on a CPU. The kernel brings a running thread's figure
+/// up to date only at a tick or a switch (a read between them can see a sample take no time at
+/// all); yielding first makes it account the time run so far.
 fn on_cpu_ns() -> u64 {
+    std::thread::yield_now();
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
