@@ -15,9 +15,10 @@
 //!   syslog without a host, logfmt bare keys, Apache ErrorLogFormat forms, …). The `rule/` inputs
 //!   stay `<name>.txt`, so their figures compare across changes to the variants.
 //! - `walk_or_regex/<case>`: one line the greedy walk settles against the same line in the shape
-//!   the pattern leaves to the regex (a syslog line without its host, an nginx request line
-//!   that begins with a capital but is not `METHOD url HTTP/x`, a logfmt bare key between the
-//!   first two pairs): what a variant costs when the walk cannot follow it.
+//!   the pattern leaves to the regex (a syslog line without its host, a logfmt bare key between
+//!   the first two pairs, and an nginx request line that begins with a capital but is not
+//!   `METHOD url HTTP/x`, which the walk gives up on and the regex refuses): what a variant
+//!   costs when the walk cannot follow it.
 //!
 //! On a shared machine, set `FERRY_BENCH_CPU_TIME=1` to measure the benchmark thread's on-CPU
 //! time (`/proc/thread-self/schedstat`) instead of wall time: time the core spends on other
@@ -410,8 +411,11 @@ fn variants<M: Measurement>(c: &mut Criterion<M>) {
 /// The benchmark thread's time on a CPU (see the module docs).
 struct CpuTime;
 
-/// Nanoseconds the calling thread has run on a CPU.
+/// Nanoseconds the calling thread has run on a CPU. The kernel brings a running thread's figure
+/// up to date only at a tick or a switch (a read between them can see a sample take no time at
+/// all); yielding first makes it account the time run so far.
 fn on_cpu_ns() -> u64 {
+    std::thread::yield_now();
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

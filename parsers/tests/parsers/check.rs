@@ -224,3 +224,85 @@ n = { field = "loose.n", type = "int" }
         assert_eq!(r.fields.len(), 1, "{line}: {:?}", r.fields);
     }
 }
+
+#[test]
+fn a_normalised_level_table_is_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |name: &str, captures: &str| {
+        format!("[[rule]]\nname = \"{name}\"\npattern = '^(?P<l>\\w+) (?P<m>.*)$'\n[rule.captures]\n{captures}\n")
+    };
+    write(
+        &dir,
+        "a.toml",
+        &rule(
+            "bad_level",
+            "l = { field = \"log.level\", normalised = { audit = \"loud\" } }",
+        ),
+    );
+    write(
+        &dir,
+        "b.toml",
+        &rule(
+            "not_a_level",
+            "l = { field = \"app.kind\", normalised = { audit = \"info\" } }",
+        ),
+    );
+    write(
+        &dir,
+        "c.toml",
+        &rule("own_field", "l = \"log.level_normalized\""),
+    );
+    let text: Vec<String> = check_rule_files(&[dir.path().to_owned()])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for (file, rule, says) in [
+        (
+            "a.toml",
+            "bad_level",
+            "`audit` = `loud` is not one of trace, debug, info, warn, error, fatal",
+        ),
+        (
+            "b.toml",
+            "not_a_level",
+            "`normalised` only applies to `field = \"log.level\"`",
+        ),
+        (
+            "c.toml",
+            "own_field",
+            "`log.level_normalized` belongs to the record",
+        ),
+    ] {
+        assert!(
+            text.iter()
+                .any(|e| e.contains(file) && e.contains(rule) && e.contains(says)),
+            "{says}: {text:#?}"
+        );
+    }
+
+    write(
+        &dir,
+        "a.toml",
+        &rule("audited", "l = { field = \"log.level\", map = { A = \"audit\" }, normalised = { audit = \"info\" } }\nm = \"message\""),
+    );
+    std::fs::remove_file(dir.path().join("b.toml")).unwrap();
+    std::fs::remove_file(dir.path().join("c.toml")).unwrap();
+    let set = RuleSet::load(&[dir.path().to_owned()], false).unwrap();
+    let mut r = record("A user logged in");
+    set.select(Some("audited"), None)
+        .apply(&mut r, &mut Scratch::new());
+    assert_eq!(
+        r.log.level.as_deref(),
+        Some("audit"),
+        "the mapped name is kept"
+    );
+    assert_eq!(r.fields["log.level_normalized"], "info");
+    let mut r = record("Verbose chatter");
+    set.select(Some("audited"), None)
+        .apply(&mut r, &mut Scratch::new());
+    assert_eq!(r.log.level.as_deref(), Some("verbose"));
+    assert!(
+        r.fields.get("log.level_normalized").is_none(),
+        "a name nobody knows has no normalised level"
+    );
+}
