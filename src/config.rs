@@ -122,11 +122,19 @@ fn check_agent(path: &Path, agent: &AgentConfig) -> Vec<String> {
 
 /// The problems of an `[aggregator]` table.
 fn check_aggregator(path: &Path, aggregator: &AggregatorConfig) -> Vec<String> {
-    aggregator
+    let mut problems: Vec<String> = aggregator
         .problems()
         .iter()
         .map(|e| format!("{}: [aggregator] {e}", path.display()))
-        .collect()
+        .collect();
+    if let Some(alerts) = &aggregator.alerts {
+        problems.extend(
+            ferry_aggregator::check_rules(alerts)
+                .iter()
+                .map(|e| format!("{}: [aggregator.alerts] rule_paths: {e}", path.display())),
+        );
+    }
+    problems
 }
 
 fn read(path: &Path) -> Result<String, String> {
