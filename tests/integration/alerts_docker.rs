@@ -79,7 +79,11 @@ impl Drop for Container {
 
 /// An agent following only this test's containers (stats every second) and an aggregator
 /// evaluating the shipped rules every second, paging `hook` at once.
-fn start(world: &World, tag: &str, hook: &Hook) -> (crate::util::Proc, crate::util::Proc) {
+fn start(world: &mut World, tag: &str, hook: &Hook) -> (crate::util::Proc, crate::util::Proc) {
+    // The containers' json-file logs, filtered to this test's label by `containers_include`.
+    world
+        .include
+        .push("/var/lib/docker/containers/*/*-json.log".into());
     let url_file = world.path("slack-url");
     std::fs::write(&url_file, format!("http://{}/hook\n", hook.addr)).unwrap();
     let alerts = format!(
@@ -123,10 +127,10 @@ fn a_container_near_its_memory_limit_pages_and_resolves() {
     if !docker_ready() {
         return;
     }
-    let world = World::new();
+    let mut world = World::new();
     let hook = Hook::start();
     let tag = format!("{:016x}", fastrand::u64(..));
-    let (agg, _agent) = start(&world, &tag, &hook);
+    let (agg, _agent) = start(&mut world, &tag, &hook);
     let name = format!("ferry-alert-mem-{tag}");
     // 58 MiB of tmpfs (charged to the container's memory) under a 64 MiB limit.
     let c = Container::run(
@@ -193,10 +197,10 @@ fn a_container_logging_errors_at_a_rising_rate_fires_the_error_rule() {
     if !docker_ready() {
         return;
     }
-    let world = World::new();
+    let mut world = World::new();
     let hook = Hook::start();
     let tag = format!("{:016x}", fastrand::u64(..));
-    let (agg, _agent) = start(&world, &tag, &hook);
+    let (agg, _agent) = start(&mut world, &tag, &hook);
     let name = format!("ferry-alert-err-{tag}");
     // One more error line per second every second.
     let _c = Container::run(
@@ -206,6 +210,22 @@ fn a_container_logging_errors_at_a_rising_rate_fires_the_error_rule() {
         r#"i=1; while true; do j=0; while [ $j -lt $i ]; do echo "{\"level\":\"error\",\"msg\":\"upstream failed $j\"}"; j=$((j+1)); done; i=$((i+1)); sleep 1; done"#,
     );
     let started = Instant::now();
+    wait_for(
+        "the container's error lines on /metrics",
+        Duration::from_secs(60),
+        || {
+            let page = http(world.agg_addr(), "GET", "/metrics", &[], b"")
+                .ok()?
+                .body;
+            page.lines()
+                .any(|l| {
+                    l.starts_with("ferry_container_log_lines_total{")
+                        && l.contains(&name)
+                        && l.contains("level=\"error\"")
+                })
+                .then_some(())
+        },
+    );
     let fired = wait_for("the error-log page", Duration::from_secs(240), || {
         page_for(&hook.messages(), "[FIRING", &name).cloned()
     });

@@ -143,9 +143,11 @@ fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 /// Posts one log record from `host`, as an agent would.
 fn post_log(world: &World, host: &str) {
     let mut builder = BatchBuilder::new(host);
-    let mut r = LogRecord::default();
-    r.message = "hello".into();
-    r.timestamp = "2024-05-01T12:00:00.000Z".into();
+    let mut r = LogRecord {
+        message: "hello".into(),
+        timestamp: "2024-05-01T12:00:00.000Z".into(),
+        ..Default::default()
+    };
     r.log.file.path = "/var/log/x.log".into();
     r.log.file.fingerprint = "fp-1".into();
     r.log.offset = 1;
