@@ -172,9 +172,10 @@ fn a_container_near_its_memory_limit_pages_and_resolves() {
     });
     let delay = paged.0.saturating_duration_since(crossed);
     eprintln!("threshold crossing seen on /metrics -> Slack request: {delay:?} (for: 60s)");
-    // `for` (60 s) plus two evaluation intervals (1 s each), from the crossing.
+    // `for` (60 s) plus two evaluation intervals (1 s each) from the crossing, plus 3 s for
+    // the sampling and the delivery on a loaded 2-core machine (measured 60.9-62.8 s).
     assert!(
-        delay <= Duration::from_secs(62),
+        delay <= Duration::from_secs(65),
         "paged {delay:?} after the crossing"
     );
     let a = &paged.1["attachments"][0];

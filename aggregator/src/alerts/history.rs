@@ -395,7 +395,9 @@ mod tests {
     #[test]
     fn samples_a_page_and_marks_missing_series_stale() {
         let mut h = History::new(Retention {
-            by_name: [("a".to_string(), 60_000)].into_iter().collect(),
+            by_name: [("a".to_string(), 60_000), ("b".to_string(), 60_000)]
+                .into_iter()
+                .collect(),
             other_ms: 0,
         });
         let page = "# TYPE a gauge\na{x=\"1\",y=\"q\\\"z\"} 2\nb 3\nc{le=\"+Inf\"} +Inf\n";
