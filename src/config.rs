@@ -124,15 +124,23 @@ fn check_agent(path: &Path, agent: &mut AgentConfig) -> Vec<String> {
     problems
 }
 
-/// The problems of an `[aggregator]` table (its values, and the secret files it names, which are
-/// read into it).
+/// The problems of an `[aggregator]` table (its values, the secret files it names, which are
+/// read into it, and its alert rule files).
 fn check_aggregator(path: &Path, aggregator: &mut AggregatorConfig) -> Vec<String> {
-    aggregator
+    let mut problems: Vec<String> = aggregator
         .resolve()
         .into_iter()
         .chain(aggregator.problems())
         .map(|e| format!("{}: [aggregator] {e}", path.display()))
-        .collect()
+        .collect();
+    if let Some(alerts) = &aggregator.alerts {
+        problems.extend(
+            ferry_aggregator::check_rules(alerts)
+                .iter()
+                .map(|e| format!("{}: [aggregator.alerts] rule_paths: {e}", path.display())),
+        );
+    }
+    problems
 }
 
 fn read(path: &Path) -> Result<String, String> {

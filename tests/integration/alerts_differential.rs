@@ -391,7 +391,7 @@ fn a_query_outside_the_subset_is_refused_though_prometheus_accepts_it() {
             .unwrap();
         assert!(out.status.success(), "promtool refused it too");
     }
-    let err = Evaluator::load(&[file.clone()], Duration::from_secs(60))
+    let err = Evaluator::load(std::slice::from_ref(&file), Duration::from_secs(60))
         .err()
         .unwrap();
     assert_eq!(

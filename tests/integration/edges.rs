@@ -115,7 +115,7 @@ fn serve(stream: TcpStream, st: &RecorderState) {
             let batch = decode_batch(&body, compression, 64 << 20).expect("a valid batch");
             let mut accepted = st.accepted.lock().unwrap();
             for l in &batch.logs {
-                let r: LogRecord = serde_json::from_slice(batch.log_line(l)).unwrap();
+                let r: LogRecord = serde_json::from_slice(&batch.record(l)).unwrap();
                 accepted.push(Accepted {
                     run,
                     fingerprint: r.log.file.fingerprint,

@@ -394,7 +394,7 @@ async fn single_records_dead_lettered_in_one_second_keep_one_file_each() {
                 .unwrap();
         assert_eq!(batch.logs.len(), 1);
         let r: ferry_wire::LogRecord =
-            serde_json::from_slice(batch.log_line(&batch.logs[0])).unwrap();
+            serde_json::from_slice(&batch.record(&batch.logs[0])).unwrap();
         messages.push(r.message);
         let reason = name.replace(".ndjson.gz", ".reason.txt");
         let text = std::fs::read_to_string(dl.join(reason)).unwrap();

@@ -1,6 +1,7 @@
 //! The bounded in-memory history the rules are evaluated over: per series, the samples of the
-//! last `retention` (set from the longest range and `for` in the loaded rules, plus the
-//! lookback), taken from the aggregator's own exposition at each evaluation round.
+//! last [`Retention`] for its metric (the longest range plus offset the loaded rules read it
+//! with, plus the lookback; a metric no rule reads keeps only its latest sample), taken from the
+//! aggregator's own exposition at each evaluation round.
 //!
 //! A series that is missing from a round gets a stale marker, as in a Prometheus scrape, so
 //! it leaves instant vectors at once; a series with no sample left inside the retention is
@@ -31,6 +32,8 @@ pub(crate) struct Series {
     key: Box<str>,
     /// Written by a recording rule (staleness is then the rule's business, not the round's).
     recorded: bool,
+    /// How long its samples are kept.
+    retention_ms: i64,
 }
 
 impl Series {
@@ -63,10 +66,24 @@ impl Series {
     }
 }
 
+/// How long samples are kept, per metric name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Retention {
+    pub(crate) by_name: HashMap<String, i64>,
+    /// For metrics not named in `by_name`.
+    pub(crate) other_ms: i64,
+}
+
+impl Retention {
+    fn of(&self, name: &str) -> i64 {
+        self.by_name.get(name).copied().unwrap_or(self.other_ms)
+    }
+}
+
 /// Every series' recent samples.
 #[derive(Debug)]
 pub(crate) struct History {
-    retention_ms: i64,
+    retention: Retention,
     slots: Vec<Option<Series>>,
     free: Vec<usize>,
     by_name: HashMap<Arc<str>, Vec<usize>>,
@@ -80,9 +97,9 @@ pub(crate) struct History {
 pub(crate) struct BadLine(pub(crate) String);
 
 impl History {
-    pub(crate) fn new(retention_ms: i64) -> History {
+    pub(crate) fn new(retention: Retention) -> History {
         History {
-            retention_ms,
+            retention,
             slots: Vec::new(),
             free: Vec::new(),
             by_name: HashMap::new(),
@@ -91,8 +108,20 @@ impl History {
         }
     }
 
-    pub(crate) fn set_retention_ms(&mut self, retention_ms: i64) {
-        self.retention_ms = retention_ms;
+    /// A history keeping every series for `ms` (tests).
+    #[cfg(test)]
+    pub(crate) fn keeping(ms: i64) -> History {
+        History::new(Retention {
+            by_name: HashMap::new(),
+            other_ms: ms,
+        })
+    }
+
+    pub(crate) fn set_retention(&mut self, retention: Retention) {
+        for s in self.slots.iter_mut().flatten() {
+            s.retention_ms = retention.of(super::promql::label(&s.labels, "__name__"));
+        }
+        self.retention = retention;
     }
 
     /// Series with that metric name, or every series when `name` is `None`.
@@ -145,7 +174,9 @@ impl History {
         }
         let labels = parse_key(key)?;
         let name: Arc<str> = Arc::from(super::promql::label(&labels, "__name__"));
+        let retention_ms = self.retention.of(&name);
         let series = Series {
+            retention_ms,
             labels,
             samples: VecDeque::new(),
             seen: self.round,
@@ -238,15 +269,13 @@ impl History {
 
     /// Marks the series not seen this round stale and forgets what is past the retention.
     fn end_round(&mut self, t: i64) {
-        let oldest = t - self.retention_ms;
         let round = self.round;
         let mut gone = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
-            if s.seen != round && !s.recorded {
-                if s.samples.back().is_some_and(|l| !is_stale(l.1)) {
-                    s.push(t, f64::from_bits(STALE_BITS));
-                }
+            let oldest = t - s.retention_ms;
+            if s.seen != round && !s.recorded && s.samples.back().is_some_and(|l| !is_stale(l.1)) {
+                s.push(t, f64::from_bits(STALE_BITS));
             }
             // Keep one sample before the window: a range starting between two samples needs
             // nothing older, and an instant selector needs at most the lookback.
@@ -365,7 +394,12 @@ mod tests {
 
     #[test]
     fn samples_a_page_and_marks_missing_series_stale() {
-        let mut h = History::new(60_000);
+        let mut h = History::new(Retention {
+            by_name: [("a".to_string(), 60_000), ("b".to_string(), 60_000)]
+                .into_iter()
+                .collect(),
+            other_ms: 0,
+        });
         let page = "# TYPE a gauge\na{x=\"1\",y=\"q\\\"z\"} 2\nb 3\nc{le=\"+Inf\"} +Inf\n";
         assert!(h.sample_exposition(page, 1_000).is_empty());
         assert_eq!(h.len(), 3);
@@ -382,6 +416,11 @@ mod tests {
         }
         assert_eq!(h.len(), 1);
         assert!(h.samples() <= 62, "{}", h.samples());
+        // A metric no rule reads keeps only its latest sample.
+        h.sample_exposition("a{x=\"1\",y=\"q\\\"z\"} 4\nunread 1\n", 99_500);
+        h.sample_exposition("a{x=\"1\",y=\"q\\\"z\"} 4\nunread 2\n", 99_700);
+        let unread: Vec<_> = h.series(Some("unread")).collect();
+        assert_eq!(unread[0].range(0, 100_000), vec![(99_700, 2.0)]);
         assert_eq!(h.sample_exposition("bad{x=1} 2\n", 100_000).len(), 1);
     }
 }

@@ -249,10 +249,12 @@ mod tests {
     use ferry_wire::{BatchBuilder, Compression, LogRecord, Stream};
 
     fn record(name: &str, stream: Stream, level: Option<&str>) -> LogRecord {
-        let mut r = LogRecord::default();
-        r.message = "m".into();
-        r.timestamp = "2024-05-01T12:00:00.000Z".into();
-        r.stream = Some(stream);
+        let mut r = LogRecord {
+            message: "m".into(),
+            timestamp: "2024-05-01T12:00:00.000Z".into(),
+            stream: Some(stream),
+            ..Default::default()
+        };
         r.log.level = level.map(str::to_string);
         r.log.file.path = "/x".into();
         r.log.file.fingerprint = "f".into();

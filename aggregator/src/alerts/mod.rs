@@ -171,10 +171,25 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn retention_for(groups: &[rules::Group], interval: Duration) -> i64 {
-    // The longest range any rule reads, plus the lookback, plus two rounds of slack.
-    let reach = rules::longest_reach(groups);
-    (reach.as_millis() as i64) + promql::LOOKBACK_MS + 2 * interval.as_millis() as i64
+/// How long the history keeps each metric: what the rules read of it, plus the lookback and
+/// two rounds of slack; metrics no rule names keep their latest sample only (unless a
+/// selector without a metric name exists, which may read any of them).
+fn retention_for(groups: &[rules::Group], interval: Duration) -> history::Retention {
+    let pad = promql::LOOKBACK_MS + 2 * interval.as_millis() as i64;
+    let (by_name, nameless) = rules::reach_by_name(groups);
+    let longest = by_name
+        .values()
+        .copied()
+        .chain(nameless)
+        .max()
+        .unwrap_or_default();
+    history::Retention {
+        by_name: by_name
+            .into_iter()
+            .map(|(name, reach)| (name, reach.as_millis() as i64 + pad))
+            .collect(),
+        other_ms: nameless.map_or(0, |_| longest.as_millis() as i64 + pad),
+    }
 }
 
 impl Engine {
@@ -283,7 +298,7 @@ impl Engine {
         }
         inner.next_eval_ms = vec![0; states.len()];
         inner.groups = states;
-        inner.history.set_retention_ms(retention);
+        inner.history.set_retention(retention);
         info!(groups = inner.groups.len(), "Alert rules reloaded");
         Ok(())
     }

@@ -171,12 +171,11 @@ impl Notifier {
                     value: a.value,
                 };
                 match self.groups.get_mut(&key) {
-                    Some(g) => {
-                        // A resolve for an alert the group never held is news to nobody.
-                        if firing || g.alerts.contains_key(&id) {
-                            g.alerts.insert(id.clone(), notified);
-                        }
+                    // A resolve for an alert the group never held is news to nobody.
+                    Some(g) if firing || g.alerts.contains_key(&id) => {
+                        g.alerts.insert(id.clone(), notified);
                     }
+                    Some(_) => {}
                     None if firing => {
                         let mut alerts = BTreeMap::new();
                         alerts.insert(id.clone(), notified);

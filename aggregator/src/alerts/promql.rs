@@ -649,7 +649,7 @@ pub(crate) fn parse_go_float(s: &str) -> Result<f64, std::num::ParseFloatError> 
 }
 
 /// Prometheus's `bucketQuantile` over (upper bound, cumulative count).
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -977,7 +977,7 @@ mod tests {
     use super::*;
 
     fn history(series: &[(&str, &[(i64, f64)])]) -> History {
-        let mut h = History::new(3_600_000);
+        let mut h = History::keeping(3_600_000);
         for (key, points) in series {
             for &(t, v) in *points {
                 h.push_key(key, t, v);

@@ -4,7 +4,7 @@
 //! `promql-parser`, then limited to the evaluator's subset), templates. Every problem names
 //! the file, the group and the rule. Nothing here evaluates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -359,40 +359,60 @@ fn build_rule(r: RuleSpec) -> Result<Rule, String> {
     })
 }
 
-/// The longest time back any rule looks (range plus offset, or `for`), so the history keeps
-/// enough.
-pub(crate) fn longest_reach(groups: &[Group]) -> Duration {
-    fn reach(e: &Expr) -> Duration {
-        use promql_parser::parser::Offset;
-        let offset = |vs: &promql_parser::parser::VectorSelector| match &vs.offset {
-            Some(Offset::Pos(d)) => *d,
-            _ => Duration::ZERO,
+/// How far back the rules read each metric (range plus offset; zero for an instant
+/// selector), and how far back any selector without a fixed metric name reads (`None` when
+/// every selector names its metric), so the history keeps each series only as long as needed.
+pub(crate) fn reach_by_name(groups: &[Group]) -> (HashMap<String, Duration>, Option<Duration>) {
+    use promql_parser::parser::{Offset, VectorSelector};
+    fn visit(e: &Expr, by_name: &mut HashMap<String, Duration>, nameless: &mut Option<Duration>) {
+        let mut selector = |vs: &VectorSelector, range: Duration| {
+            let offset = match &vs.offset {
+                Some(Offset::Pos(d)) => *d,
+                _ => Duration::ZERO,
+            };
+            let reach = range + offset;
+            let name = vs.name.clone().or_else(|| {
+                vs.matchers
+                    .matchers
+                    .iter()
+                    .find(|m| {
+                        m.name == "__name__" && matches!(m.op, promql_parser::label::MatchOp::Equal)
+                    })
+                    .map(|m| m.value.clone())
+            });
+            match name {
+                Some(name) => {
+                    let r = by_name.entry(name).or_default();
+                    *r = (*r).max(reach);
+                }
+                None => *nameless = Some(nameless.unwrap_or_default().max(reach)),
+            }
         };
         match e {
+            Expr::VectorSelector(vs) => selector(vs, Duration::ZERO),
+            Expr::MatrixSelector(ms) => selector(&ms.vs, ms.range),
             Expr::Aggregate(a) => {
-                reach(&a.expr).max(a.param.as_deref().map_or(Duration::ZERO, reach))
+                visit(&a.expr, by_name, nameless);
+                if let Some(p) = &a.param {
+                    visit(p, by_name, nameless);
+                }
             }
-            Expr::Unary(u) => reach(&u.expr),
-            Expr::Binary(b) => reach(&b.lhs).max(reach(&b.rhs)),
-            Expr::Paren(p) => reach(&p.expr),
-            Expr::VectorSelector(vs) => offset(vs),
-            Expr::MatrixSelector(ms) => ms.range + offset(&ms.vs),
-            Expr::Call(c) => c
-                .args
-                .args
-                .iter()
-                .map(|a| reach(a))
-                .max()
-                .unwrap_or_default(),
-            _ => Duration::ZERO,
+            Expr::Unary(u) => visit(&u.expr, by_name, nameless),
+            Expr::Binary(b) => {
+                visit(&b.lhs, by_name, nameless);
+                visit(&b.rhs, by_name, nameless);
+            }
+            Expr::Paren(p) => visit(&p.expr, by_name, nameless),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| visit(a, by_name, nameless)),
+            _ => {}
         }
     }
-    groups
-        .iter()
-        .flat_map(|g| &g.rules)
-        .map(|r| reach(&r.expr))
-        .max()
-        .unwrap_or_default()
+    let mut by_name = HashMap::new();
+    let mut nameless = None;
+    for rule in groups.iter().flat_map(|g| &g.rules) {
+        visit(&rule.expr, &mut by_name, &mut nameless);
+    }
+    (by_name, nameless)
 }
 
 #[cfg(test)]

@@ -336,7 +336,7 @@ mod tests {
         let mut g = group(
             "groups:\n- name: g\n  rules:\n  - alert: High\n    expr: m > 5\n    for: 2m\n    keep_firing_for: 1m\n    annotations:\n      v: '{{ $value }} on {{ $labels.x }}'\n",
         );
-        let mut h = History::new(3_600_000);
+        let mut h = History::keeping(3_600_000);
         let at = |h: &mut History, g: &mut GroupState, minute: i64, v: Option<f64>| {
             let page = v.map(|v| format!("m{{x=\"a\"}} {v}\n")).unwrap_or_default();
             h.sample_exposition(&page, minute * 60_000);
@@ -388,7 +388,7 @@ mod tests {
         let mut g = group(
             "groups:\n- name: g\n  rules:\n  - record: x:m:double\n    expr: m * 2\n  - alert: Big\n    expr: x:m:double > 10\n",
         );
-        let mut h = History::new(3_600_000);
+        let mut h = History::keeping(3_600_000);
         h.sample_exposition("m{x=\"b\"} 6\n", 0);
         g.evaluate(&mut h, 0);
         assert_eq!(states(&g), vec![("b".into(), AlertState::Firing)]);

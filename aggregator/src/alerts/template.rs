@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(go_float(0.00001), "1e-05");
         assert_eq!(go_g4(12345.0), "1.234e+04");
         let p = Template::parse("{{ printf \"%.2f\" $value }}%").unwrap();
-        assert_eq!(p.render(&labels, 3.14159), "3.14%");
+        assert_eq!(p.render(&labels, 1.23456), "1.23%");
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! One alert round with the shipped rules over 10 000 container series, as the aggregator does
+//! it: rendering the container series (`ferry_wire::render_container_metrics`, what `/metrics`
+//! serves), sampling that page into the history and evaluating every group
+//! (`round/10000_series`). 1 666 containers × six cAdvisor series plus ferry's own; the
+//! history is filled for an hour of 15 s rounds first, so range selectors read full windows.
+//! Prints the history's size once (series, samples, approximate bytes).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ferry_aggregator::alerts_support::Evaluator;
+use ferry_wire::StatsSample;
+
+const CONTAINERS: usize = 1_666;
+const ROUND_MS: i64 = 15_000;
+
+fn samples() -> Vec<StatsSample> {
+    (0..CONTAINERS)
+        .map(|c| {
+            let mut s = StatsSample {
+                timestamp: "2026-11-29T09:00:00.000Z".into(),
+                ..Default::default()
+            };
+            s.host.name = format!("node-{}", c % 50);
+            s.container.id = Some(format!("{c:064x}"));
+            s.container.name = Some(format!("app-{c}"));
+            s.container.image.name = Some(format!("registry/app:1.{}", c % 7));
+            s
+        })
+        .collect()
+}
+
+/// Moves every container's figures to round `round`.
+fn advance(samples: &mut [StatsSample], round: i64) {
+    let r = round as f64;
+    let limit = 512.0 * 1024.0 * 1024.0;
+    for (c, s) in samples.iter_mut().enumerate() {
+        let m = &mut s.metrics;
+        let ws = limit * (0.3 + 0.6 * ((c as f64 * 0.37 + r * 0.01).sin().abs()));
+        m.insert("container_memory_working_set_bytes".into(), ws);
+        m.insert("container_spec_memory_limit_bytes".into(), limit);
+        m.insert(
+            "container_cpu_usage_seconds_total".into(),
+            r * 0.4 + c as f64,
+        );
+        m.insert("container_cpu_cfs_periods_total".into(), r * 150.0);
+        m.insert(
+            "container_cpu_cfs_throttled_periods_total".into(),
+            r * (c % 5) as f64 * 10.0,
+        );
+        m.insert(
+            "container_oom_events_total".into(),
+            (r / 100.0).floor() * (c % 3) as f64,
+        );
+    }
+}
+
+fn page(samples: &[StatsSample], round: i64) -> String {
+    let mut out = String::with_capacity(4 << 20);
+    for h in 0..50 {
+        let _ = writeln!(
+            out,
+            "ferry_agent_last_batch_timestamp_seconds{{host=\"node-{h}\"}} {}",
+            round * 15
+        );
+    }
+    out.push_str("ferry_sink_up{sink=\"local\"} 1\nferry_sink_oldest_record_age_seconds{sink=\"local\"} 0.5\n");
+    out.push_str("ferry_ingest_errors_total{error_type=\"queue_full\"} 0\n");
+    ferry_wire::render_container_metrics(&mut out, samples.iter());
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let alerts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../alerts");
+    let mut evaluator =
+        Evaluator::load(&[alerts], Duration::from_secs(15)).expect("shipped rules load");
+    let mut containers = samples();
+    // An hour of rounds first.
+    let mut round: i64 = 0;
+    while round < 240 {
+        advance(&mut containers, round);
+        evaluator.step(&page(&containers, round), round * ROUND_MS);
+        round += 1;
+    }
+    let (series, samples, bytes) = evaluator.history_size();
+    eprintln!(
+        "alerts history: {series} series, {samples} samples, about {:.1} MiB",
+        bytes as f64 / (1 << 20) as f64
+    );
+    c.bench_function("round/10000_series", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                advance(&mut containers, round);
+                let started = Instant::now();
+                let text = page(&containers, round);
+                evaluator.step(&text, round * ROUND_MS);
+                took += started.elapsed();
+                round += 1;
+            }
+            took
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(10));
+    targets = bench
+}
+criterion_main!(benches);
