@@ -109,7 +109,8 @@ struct SearchArgs {
     /// `stdout` or `stderr`.
     #[arg(long)]
     stream: Option<String>,
-    /// Log level (`error`, `warn`, `info`, …).
+    /// Log level, the source's own name (`notice`, `crit`) or the normalised one (`error`, `warn`,
+    /// `info`, …).
     #[arg(long)]
     level: Option<String>,
     /// Only messages containing this text.

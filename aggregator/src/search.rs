@@ -37,7 +37,7 @@ pub struct SearchQuery {
     pub pod: Option<String>,
     /// `stream` equal to this (`stdout` or `stderr`).
     pub stream: Option<String>,
-    /// `log.level` equal to this, ignoring case.
+    /// `log.level` (the source's own name) or `log.level_normalized` equal to this, ignoring case.
     pub level: Option<String>,
     /// `message` contains this (case-sensitive).
     pub text: Option<String>,
@@ -251,7 +251,10 @@ impl SearchQuery {
             }
         }
         if let Some(want) = &self.level {
-            if !str_at(record, &["log", "level"]).is_some_and(|l| l.eq_ignore_ascii_case(want)) {
+            // The source's own name (`notice`) or the normalised one (`info`).
+            let is =
+                |path: &[&str]| str_at(record, path).is_some_and(|l| l.eq_ignore_ascii_case(want));
+            if !is(&["log", "level"]) && !is(&["log", "level_normalized"]) {
                 return false;
             }
         }
@@ -308,6 +311,22 @@ fn readable(record: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// `--level info` finds an nginx `notice` line by its normalised level, `--level notice` by
+    /// its own.
+    #[test]
+    fn level_matches_the_source_name_or_the_normalised_one() {
+        let record = serde_json::json!({"log": {"level": "notice", "level_normalized": "info"}});
+        let by = |level: &str| {
+            SearchQuery {
+                level: Some(level.into()),
+                ..Default::default()
+            }
+            .matches(&record)
+        };
+        assert!(by("info") && by("NOTICE"));
+        assert!(!by("warn"));
+    }
+
     use super::*;
     use chrono::TimeZone;
     use ferry_wire::{
