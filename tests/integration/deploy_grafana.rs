@@ -22,7 +22,7 @@ use crate::util::*;
 /// Series the dashboards chart that do not exist yet, and the work that brings them: their
 /// queries must parse, and must return nothing (a query that returns data fails the test, so
 /// this list is kept honest when the work lands).
-const PENDING_SERIES: &[(&str, &str)] = &[("ferry_alerts_active", "issue 11: alert states")];
+const PENDING_SERIES: &[(&str, &str)] = &[];
 
 /// What the test puts for Grafana's variables: every host, container, agent and sink ("All"),
 /// and intervals that fit a 1 s scrape interval.
@@ -314,6 +314,14 @@ fn grafana_panels_query_a_real_prometheus_scraping_ferry_fed_by_real_containers(
     let containers = Containers {
         label: format!("{:016x}", fastrand::u64(..)),
     };
+    // The shipped rules, and two that are pending and firing from the first round, so the
+    // alert-state panels have something to show.
+    let rules = w.path("grafana-test-rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n- name: grafana-test\n  rules:\n  - alert: GrafanaTestFiring\n    expr: vector(1)\n    labels: {severity: warning}\n  - alert: GrafanaTestPending\n    expr: vector(1)\n    for: 1h\n    labels: {severity: info}\n",
+    )
+    .unwrap();
     let config = w.path("ferry.toml");
     std::fs::write(
         &config,
@@ -323,6 +331,10 @@ listen = "{agg}"
 data_dir = "{data}"
 token = "{token}"
 sinks = [{{ type = "local" }}, {{ type = "elasticsearch", urls = ["{es}"], flush_interval_ms = 100, backoff_initial_ms = 50, backoff_max_ms = 500 }}]
+
+[aggregator.alerts]
+rule_paths = ["{shipped}", "{rules}"]
+evaluation_interval_seconds = 1
 
 [agent]
 host_name = "grafana-node"
@@ -339,6 +351,8 @@ batch_max_age_ms = 200
             data = w.agg_data().display(),
             token = w.token,
             es = double.handle.url(),
+            shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts"),
+            rules = rules.display(),
             agent = w.path("agent").display(),
             label = containers.label,
         ),

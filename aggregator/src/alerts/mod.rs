@@ -78,6 +78,8 @@ pub(crate) struct AlertMetrics {
     history_series: AtomicU64,
     history_samples: AtomicU64,
     round_micros: AtomicU64,
+    /// Pending and firing alerts after the last round, by (alertname, severity, state).
+    active: std::sync::Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
 impl AlertMetrics {
@@ -125,6 +127,31 @@ impl AlertMetrics {
             "gauge",
             format!("{:.6}", load(&self.round_micros) as f64 / 1e6),
         );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_alerts_active Alerts pending or firing after the last round, by rule, severity label and state.\n# TYPE ferry_alerts_active gauge"
+        );
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        for ((alertname, severity, state), n) in active.iter() {
+            out.push_str("ferry_alerts_active{alertname=\"");
+            ferry_wire::escape_label_value(out, alertname);
+            out.push_str("\",alertstate=\"");
+            out.push_str(state);
+            out.push_str("\",severity=\"");
+            ferry_wire::escape_label_value(out, severity);
+            let _ = writeln!(out, "\"}} {n}");
+        }
+    }
+
+    fn set_active<'a>(&self, alerts: impl Iterator<Item = &'a state::Alert>) {
+        let mut counts = BTreeMap::new();
+        for a in alerts.filter(|a| a.state != AlertState::Inactive) {
+            let label = |k: &str| a.labels.get(k).cloned().unwrap_or_default();
+            *counts
+                .entry((label("alertname"), label("severity"), a.state.as_str()))
+                .or_insert(0) += 1;
+        }
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = counts;
     }
 }
 
@@ -331,6 +358,12 @@ impl Engine {
             .iter()
             .flat_map(|g| g.alerts.iter().flat_map(|m| m.values()));
         inner.notifier.update(alerts, now);
+        self.counters.set_active(
+            inner
+                .groups
+                .iter()
+                .flat_map(|g| g.alerts.iter().flat_map(|m| m.values())),
+        );
         self.counters
             .history_series
             .store(inner.history.len() as u64, Ordering::Relaxed);
