@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{write_file, Checkpointer};
 use crate::config::{AgentConfig, OutputConfig};
 use crate::metrics::{Metrics, SendError};
-use crate::tailer::Sealed;
+use crate::sealed::Sealed;
 
 /// At most one checkpoint write per this interval (the file never runs ahead of acked data).
 const CHECKPOINT_WRITE_INTERVAL: Duration = Duration::from_millis(200);

@@ -16,6 +16,7 @@
 
 mod checkpoint;
 mod config;
+mod container;
 mod decode;
 mod docker;
 mod enrich;
@@ -25,6 +26,7 @@ mod metrics;
 mod multiline;
 mod rotated;
 mod rules;
+mod sealed;
 mod stats;
 mod tailer;
 mod watcher;

@@ -51,36 +51,24 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use ferry_parsers::{Scratch, Selection};
-use ferry_wire::{BatchBuilder, Compression, EncodedBatch, Flag, Host, LogRecord};
+use ferry_wire::{BatchBuilder, Compression, Flag, Host, LogRecord};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Entry, Sources, Update};
 use crate::config::{AgentConfig, FormatConfig, ReadFrom};
 use crate::decode::{Decoded, Decoder, Flags};
 use crate::docker::Registry;
-use crate::enrich::{format_for, parse_into, Enricher, Found};
+use crate::enrich::{format_for, Enricher, Found};
 use crate::fingerprint::{fingerprint, hash_tail, holds, tail_hash_at, FileKey, Head, TAIL_BYTES};
 use crate::metrics::{DecodeError, LostReason, Metrics};
 use crate::multiline::{Assembler, Event, Piece, SourceRef};
 use crate::rotated::{siblings, Sibling};
-use crate::rules::{ParserKey, Rules};
+use crate::rules::{parse_into, ParserKey, Rules};
+use crate::sealed::Sealed;
 use crate::watcher::{discover, Wakeups};
 
 /// At most this many reads from one file before the loop moves on to the next (fairness).
 const CHUNKS_PER_TURN: usize = 8;
-
-/// A sealed batch (or none, when only checkpoints moved) and the checkpoint updates that become
-/// true once it is acknowledged.
-#[derive(Debug)]
-pub(crate) struct Sealed {
-    pub batch: Option<EncodedBatch>,
-    pub updates: Vec<Update>,
-    /// New sources, at the offset their reading started: true before the batch is sent, so the
-    /// forwarder makes them durable first. A source read, then acknowledged, then moved to a
-    /// copy before its first checkpoint would otherwise be found again after a crash as a file
-    /// nobody read, and read again under another identity.
-    pub register: Vec<Update>,
-}
 
 /// What the tailer needs from the configuration.
 #[derive(Debug, Clone)]
