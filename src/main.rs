@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tokio::select! {
                         _ = &mut stop => break,
                         _ = hangup.recv() => {
-                            let _ = agent.reload_rules();
+                            let _ = agent.reload_rules().await;
                         }
                     }
                 }

@@ -463,7 +463,7 @@ impl AgentConfig {
             ("containers_exclude", &self.containers_exclude),
         ] {
             for (i, selector) in list.iter().enumerate() {
-                if let Err(e) = crate::docker::Selector::parse(selector) {
+                if let Err(e) = crate::container::Selector::parse(selector) {
                     bad(format!("{name}[{i}]"), format!("{selector:?}: {e}"));
                 }
             }

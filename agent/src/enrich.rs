@@ -1,4 +1,4 @@
-//! What a record learns from where its file lives, and where its message gets parsed.
+//! What a record learns from where its file lives.
 //!
 //! A Docker container's file gets name, image, allowlisted labels and `io.kubernetes.*` fields from
 //! the Docker registry (`crate::docker`), or, while the API does not know the container, from the
@@ -6,48 +6,21 @@
 //! `…/pods/<ns>_<pod>_<uid>/<container>/N.log` gives the `kubernetes.*` fields a label does not.
 //! The format of a file in `auto` mode is chosen here too, and what its parser rules are chosen
 //! from ([`Found::parser`]: the `ferry.parser` label, whatever the label allowlist, and the
-//! image); [`parse`] applies them. Nothing here fails: missing or unreadable metadata just leaves
+//! image); `crate::rules::parse` applies them. Nothing here fails: missing or unreadable metadata just leaves
 //! fields empty (logged at debug level).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_parsers::{Scratch, Selection};
-use ferry_wire::{
-    BatchBuilder, Container, Kubernetes, KubernetesContainer, KubernetesPod, LogRecord,
-};
+use ferry_wire::{Container, Kubernetes, KubernetesContainer, KubernetesPod};
 use tracing::debug;
 
 use crate::config::FormatConfig;
+use crate::container::ContainerMeta;
 use crate::decode::Format;
-use crate::docker::{ContainerMeta, Registry};
+use crate::docker::Registry;
 use crate::rules::{ParserKey, PARSER_LABEL};
-
-/// Parses the record's message into fields (`log.level`, `@timestamp`, ECS fields, `parse.error`)
-/// with the rules chosen for its source ([`crate::rules::Rules::select`]).
-///
-/// Called once per record after decoding, path enrichment and multiline joining, just before the
-/// record is put into a batch. It may set `log.level`, replace `@timestamp` (keeping the read time
-/// in `event.created`) and add `fields`; it never touches `event.id`, `log.offset` or
-/// `log.file.*`, which identify the record.
-pub(crate) fn parse(record: &mut LogRecord, selection: &Selection, scratch: &mut Scratch) {
-    selection.apply(record, scratch);
-}
-
-/// [`parse`], then into the batch: a rule's fields go straight from the line into the batch's
-/// JSON, without a map in between (the tailer's hot path).
-pub(crate) fn parse_into(
-    builder: &mut BatchBuilder,
-    record: &mut LogRecord,
-    selection: &Selection,
-    scratch: &mut Scratch,
-) {
-    selection.apply_typed(record, scratch);
-    builder.push_log_with(record, |out, escapes| {
-        selection.write_fields(scratch, record, escapes, out)
-    });
-}
 
 /// The decoding format of a file found at `path`.
 pub(crate) fn format_for(config: FormatConfig, path: &Path) -> Format {
@@ -256,7 +229,7 @@ mod tests {
         .unwrap();
         let registry = Arc::new(Registry::new(
             vec!["app".into()],
-            crate::docker::Filter::default(),
+            crate::container::Filter::default(),
             Default::default(),
         ));
         let mut e = Enricher::new(vec!["app".into()], registry.clone());
@@ -294,7 +267,7 @@ mod tests {
         let log = dir.join("abc-json.log");
         let registry = Arc::new(Registry::new(
             vec!["app".into()],
-            crate::docker::Filter::default(),
+            crate::container::Filter::default(),
             Default::default(),
         ));
         let mut e = Enricher::new(vec!["app".into()], registry.clone());

@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{write_file, Checkpointer};
 use crate::config::{AgentConfig, OutputConfig};
 use crate::metrics::{Metrics, SendError};
-use crate::tailer::Sealed;
+use crate::sealed::Sealed;
 
 /// At most one checkpoint write per this interval (the file never runs ahead of acked data).
 const CHECKPOINT_WRITE_INTERVAL: Duration = Duration::from_millis(200);
@@ -304,8 +304,8 @@ impl Forwarder {
                         .fetch_add(batch.logs as u64, Relaxed);
                     self.metrics.batches_sent.fetch_add(1, Relaxed);
                 }
-                Outcome::TooLarge => match split(&batch, &self.host) {
-                    Ok(Some((a, b))) => {
+                Outcome::TooLarge => match split_blocking(batch, &self.host).await {
+                    (batch, Ok(Some((a, b)))) => {
                         info!(
                             records = batch.logs,
                             "Aggregator refused the batch as too large; splitting it"
@@ -313,13 +313,13 @@ impl Forwarder {
                         queue.push_front(b);
                         queue.push_front(a);
                     }
-                    Ok(None) => {
+                    (batch, Ok(None)) => {
                         let reason = "413 Payload Too Large for a single record";
                         if !self.dead_letter(&batch, reason).await {
                             return false;
                         }
                     }
-                    Err(e) => {
+                    (batch, Err(e)) => {
                         let reason = format!(
                             "413 Payload Too Large, and the batch of {} records cannot be split: {e}",
                             batch.logs + batch.stats
@@ -544,9 +544,13 @@ fn write_dead_letter(
     Ok(data_path)
 }
 
+/// Two halves of a batch, `None` when it cannot be halved, `Err` (what failed) when it cannot be
+/// read back.
+type Split = Result<Option<(EncodedBatch, EncodedBatch)>, String>;
+
 /// Splits a batch into two halves re-encoded from its own records; `None` for one record, `Err`
 /// (what failed) when the batch cannot be read back.
-fn split(batch: &EncodedBatch, host: &str) -> Result<Option<(EncodedBatch, EncodedBatch)>, String> {
+fn split(batch: &EncodedBatch, host: &str) -> Split {
     if batch.logs + batch.stats < 2 {
         return Ok(None);
     }
@@ -574,6 +578,19 @@ fn split(batch: &EncodedBatch, host: &str) -> Result<Option<(EncodedBatch, Encod
         a.finish(batch.compression),
         b.finish(batch.compression),
     )))
+}
+
+/// [`split`] on a blocking thread: decompressing and re-compressing (zstd, gzip) a batch too
+/// large for the aggregator is CPU work that must not hold up an async worker. The batch comes
+/// back with its halves.
+async fn split_blocking(batch: EncodedBatch, host: &str) -> (EncodedBatch, Split) {
+    let host = host.to_string();
+    tokio::task::spawn_blocking(move || {
+        let halves = split(&batch, &host);
+        (batch, halves)
+    })
+    .await
+    .expect("splitting a batch does not panic")
 }
 
 /// The same records as a version 1 batch (re-encoded on a blocking thread); the batch as it was

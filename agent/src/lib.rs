@@ -16,6 +16,7 @@
 
 mod checkpoint;
 mod config;
+mod container;
 mod decode;
 mod docker;
 mod enrich;
@@ -25,6 +26,7 @@ mod metrics;
 mod multiline;
 mod rotated;
 mod rules;
+mod sealed;
 mod stats;
 mod tailer;
 mod watcher;
@@ -73,6 +75,10 @@ pub enum StartError {
     },
     #[error("cannot start the tailer thread: {0}")]
     Thread(std::io::Error),
+    /// The start-up work on the blocking pool (rules, data directory, checkpoint) panicked, or
+    /// the runtime shut down before it ran.
+    #[error("the agent's start-up work (rules, data directory, checkpoint) did not finish: {0}")]
+    Blocking(tokio::task::JoinError),
 }
 
 /// A snapshot of what the agent has done since it started.
@@ -112,19 +118,29 @@ pub struct AgentHandle {
 /// the forwarder task. Call inside a multi-thread tokio runtime.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     config.validate()?;
-    let rules = Arc::new(rules::Rules::load(
+    // Compiling the rules' regexes, reading the checkpoint and writing it (with fsync) block:
+    // they run on the blocking pool, not on the async worker that awaits `start`.
+    let (dirs, parser, data_dir) = (
         config.rules_dirs.clone(),
         config.parser.clone(),
-    )?);
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let loaded = checkpoint::Checkpointer::load(&config.data_dir)?;
-    if !loaded.existed {
-        // From now on a restart is not the first start, whatever happens before the first ack.
-        loaded.checkpointer.write()?;
-    }
+        config.data_dir.clone(),
+    );
+    let (rules, loaded) = tokio::task::spawn_blocking(move || {
+        let rules = rules::Rules::load(dirs, parser)?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let loaded = checkpoint::Checkpointer::load(&data_dir)?;
+        if !loaded.existed {
+            // From now on a restart is not the first start, whatever happens before the first ack.
+            loaded.checkpointer.write()?;
+        }
+        Ok::<_, StartError>((rules, loaded))
+    })
+    .await
+    .map_err(StartError::Blocking)??;
+    let rules = Arc::new(rules);
     let listener = metrics::bind(config.metrics_listen)
         .await
         .map_err(|source| StartError::MetricsListen {
@@ -246,9 +262,26 @@ impl AgentHandle {
     /// Reads the rule files of `rules_dirs` again (the SIGHUP handler). On success the tailer and
     /// the logs-API followers switch to the new rules at their next turn (pending multiline events
     /// are passed on first) and the number of rules is returned; on failure the previous rules
-    /// stay in use and every problem is logged at error level and returned.
-    pub fn reload_rules(&self) -> Result<usize, Vec<RuleError>> {
-        let count = self.rules.reload()?;
+    /// stay in use and every problem is logged at error level and returned. Reading the files and
+    /// compiling the regexes run on the blocking pool, not on the caller's async worker.
+    pub async fn reload_rules(&self) -> Result<usize, Vec<RuleError>> {
+        let rules = self.rules.clone();
+        let count = match tokio::task::spawn_blocking(move || rules.reload()).await {
+            Ok(result) => result?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime is shutting down: nothing was reloaded.
+                Err(e) => {
+                    return Err(vec![RuleError {
+                        file: PathBuf::from("<rules reload>"),
+                        rule: None,
+                        kind: ferry_parsers::RuleErrorKind::Config(format!(
+                            "the reload did not run: {e}"
+                        )),
+                    }])
+                }
+            },
+        };
         let _ = self.waker.try_send(());
         Ok(count)
     }

@@ -5,13 +5,15 @@
 //!
 //! Readers never lock on the hot path: they compare [`Rules::version`] (one atomic load) with the
 //! version their [`Selection`]s were made from and only then take the read lock. A failed reload
-//! keeps the previous rules. This module reads rule files and nothing else.
+//! keeps the previous rules. [`parse`] and [`parse_into`] apply a source's rules to a record. This
+//! module reads rule files and nothing else.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::RwLock;
 
-use ferry_parsers::{RuleError, RuleErrorKind, RuleSet, Selection};
+use ferry_parsers::{RuleError, RuleErrorKind, RuleSet, Scratch, Selection};
+use ferry_wire::{BatchBuilder, LogRecord};
 use tracing::{error, info};
 
 /// Container label that names the rules of a container's logs.
@@ -101,6 +103,31 @@ impl Rules {
         let explicit = key.label.as_deref().or(self.parser.as_deref());
         set.select(explicit, key.image.as_deref())
     }
+}
+
+/// Parses the record's message into fields (`log.level`, `@timestamp`, ECS fields, `parse.error`)
+/// with the rules chosen for its source ([`Rules::select`]).
+///
+/// Called once per record after decoding, path enrichment and multiline joining, just before the
+/// record is put into a batch. It may set `log.level`, replace `@timestamp` (keeping the read time
+/// in `event.created`) and add `fields`; it never touches `event.id`, `log.offset` or
+/// `log.file.*`, which identify the record.
+pub(crate) fn parse(record: &mut LogRecord, selection: &Selection, scratch: &mut Scratch) {
+    selection.apply(record, scratch);
+}
+
+/// [`parse`], then into the batch: a rule's fields go straight from the line into the batch's
+/// JSON, without a map in between (the tailer's hot path).
+pub(crate) fn parse_into(
+    builder: &mut BatchBuilder,
+    record: &mut LogRecord,
+    selection: &Selection,
+    scratch: &mut Scratch,
+) {
+    selection.apply_typed(record, scratch);
+    builder.push_log_with(record, |out, escapes| {
+        selection.write_fields(scratch, record, escapes, out)
+    });
 }
 
 fn load_checked(dirs: &[PathBuf], parser: Option<&str>) -> Result<RuleSet, Vec<RuleError>> {

@@ -77,6 +77,29 @@ pub use ops::{check_rule_files, flatten_record, parse_lines, ParseLinesError, Pa
 pub use rule::{RuleError, RuleErrorKind};
 pub use set::{Chosen, Outcome, RuleSet, Scratch, Selection, RAW};
 
+/// The greedy walk alone, for `benches/greedy.rs`, so the walk's speed-up over the regex can be
+/// measured by itself. Not part of the API: hidden from the docs, no stability promise.
+#[doc(hidden)]
+pub mod bench {
+    /// A pattern compiled for the greedy walk only: no regex where it gives up, no typed values.
+    pub struct Walk(crate::greedy::Greedy);
+
+    impl Walk {
+        /// `None` when `pattern` is not a valid regex or the walk cannot follow it.
+        pub fn new(pattern: &str) -> Option<Walk> {
+            let groups = regex::Regex::new(pattern).ok()?.captures_len();
+            crate::greedy::Greedy::new(pattern, groups).map(Walk)
+        }
+
+        /// Walks `text` along the preferred path. On success `slots` holds the start and end of
+        /// each group (`usize::MAX` for a group off the path), as the regex's capture locations
+        /// would; false means the walk gave up, not that the regex would miss.
+        pub fn find(&self, text: &[u8], slots: &mut Vec<usize>) -> bool {
+            self.0.find(text, slots)
+        }
+    }
+}
+
 use ferry_wire::LogRecord;
 
 /// How the agent treats a record's message when it has no [`RuleSet`] (kept for the agent's

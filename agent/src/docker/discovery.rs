@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::logs_api::{self, ApiItem, FollowerCtx, FollowerSignals};
-use super::meta::{ContainerMeta, LogSource};
 use super::registry::Registry;
+use crate::container::{ContainerMeta, LogSource};
 use crate::metrics::Metrics;
 use crate::rules::Rules;
 

@@ -30,10 +30,9 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::registry::Registry;
 use crate::checkpoint::{Entry, Update};
-use crate::enrich::parse;
 use crate::metrics::Metrics;
-use crate::rules::{ParserKey, Rules, PARSER_LABEL};
-use crate::tailer::Sealed;
+use crate::rules::{parse, ParserKey, Rules, PARSER_LABEL};
+use crate::sealed::Sealed;
 
 /// Docker's copier cuts long lines into parts of this size; a part this long without a newline
 /// is continued by the next part of the same stream.

@@ -7,15 +7,13 @@
 //! globs (so a missing or unreachable engine changes nothing but metadata) and asks the registry
 //! for each file's container (by `LogPath`, else by the `<id>/<id>-json.log` layout): the
 //! registry's metadata wins, the container's `config.v2.json` is the fallback, and opted-out or
-//! filtered containers ([`filter`]) are not tailed. The stats engine asks
+//! filtered containers ([`crate::container::Filter`]) are not tailed. The stats engine asks
 //! [`Registry::stats_targets`] for the init PIDs of running containers. This module never reads
 //! log files and never talks to the aggregator: logs-API records go to the forwarder through the
 //! same channel as the tailer's batches.
 
 mod discovery;
-mod filter;
 mod logs_api;
-mod meta;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,16 +24,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-pub(crate) use filter::{Filter, Selector};
 pub(crate) use logs_api::FINGERPRINT_PREFIX;
-pub(crate) use meta::ContainerMeta;
-pub(crate) use registry::{ContainerGauges, Registry};
+pub(crate) use registry::Registry;
 
 use crate::checkpoint::Sources;
 use crate::config::AgentConfig;
+use crate::container::Filter;
 use crate::metrics::Metrics;
 use crate::rules::Rules;
-use crate::tailer::Sealed;
+use crate::sealed::Sealed;
 
 /// How long [`start`] waits for the first listing before the tailer starts without it.
 const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);

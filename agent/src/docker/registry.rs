@@ -4,7 +4,6 @@
 //! whether anything changed since they last looked.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
@@ -12,40 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ferry_wire::{Container, Kubernetes};
 
-use super::filter::Filter;
-use super::meta::{ContainerMeta, LogSource};
-
-/// The `ferry_agent_containers{state}` gauge: known containers by how their logs are collected.
-#[derive(Debug, Default)]
-pub(crate) struct ContainerGauges {
-    /// json-file containers, read by the tailer.
-    file: AtomicU64,
-    /// Other drivers, followed through the logs API.
-    logs_api: AtomicU64,
-    /// Log driver `none`.
-    no_logs: AtomicU64,
-    /// Opted out (`ferry.enable=false`) or filtered by `containers_include`/`containers_exclude`.
-    excluded: AtomicU64,
-}
-
-impl ContainerGauges {
-    /// Appends the gauge in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP ferry_agent_containers Containers known through the Docker API, by how their logs are collected.\n# TYPE ferry_agent_containers gauge\n");
-        for (state, v) in [
-            ("file", &self.file),
-            ("logs_api", &self.logs_api),
-            ("no_logs", &self.no_logs),
-            ("excluded", &self.excluded),
-        ] {
-            let _ = writeln!(
-                out,
-                "ferry_agent_containers{{state=\"{state}\"}} {}",
-                v.load(Relaxed)
-            );
-        }
-    }
-}
+use crate::container::{ContainerMeta, Filter, LogSource};
+use crate::metrics::ContainerGauges;
 
 #[derive(Debug, Default)]
 struct Inner {

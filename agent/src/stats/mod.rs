@@ -14,7 +14,6 @@
 //! This module reads `/proc` and `/sys/fs/cgroup` only; it never writes and never talks to Docker.
 
 mod cgroup;
-mod expose;
 mod net;
 #[cfg(test)]
 mod tests;
@@ -34,10 +33,9 @@ use tracing::{debug, warn};
 use crate::config::AgentConfig;
 use crate::docker::Registry;
 use crate::metrics::Metrics;
-use crate::tailer::Sealed;
+use crate::sealed::Sealed;
 
 use cgroup::{CgroupDirs, Mounts, Reader};
-pub(crate) use expose::StatsMetrics;
 
 /// Lists the containers to sample: `(container id, PID of a process inside it)`.
 pub type StatsTargets = Box<dyn Fn() -> Vec<(String, u32)> + Send>;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{m, Collector, Settings};
 use crate::metrics::Metrics;
-use crate::tailer::Sealed;
+use crate::sealed::Sealed;
 
 const IMAGE: &str = "ferry-test:latest";
 

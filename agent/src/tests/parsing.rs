@@ -212,7 +212,7 @@ async fn reload_swaps_valid_rules_and_keeps_the_old_ones_on_error() {
 
     std::fs::write(rules.join("custom.toml"), custom_rule("B", "v2.word")).unwrap();
     let builtin = ferry_parsers::RuleSet::builtin().rule_names().count();
-    assert_eq!(agent.reload_rules().unwrap(), builtin + 1);
+    assert_eq!(agent.reload_rules().await.unwrap(), builtin + 1);
     // The tailer switches at its next loop turn (every 20 ms here).
     tokio::time::sleep(Duration::from_millis(200)).await;
     append(&log, &["B two".to_string()]);
@@ -224,7 +224,7 @@ async fn reload_swaps_valid_rules_and_keeps_the_old_ones_on_error() {
         "[[rule]]\nname = \"custom\"\npattern = '(('\n",
     )
     .unwrap();
-    let errors = agent.reload_rules().unwrap_err();
+    let errors = agent.reload_rules().await.unwrap_err();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].file, rules.join("custom.toml"));
     assert_eq!(errors[0].rule.as_deref(), Some("custom"));

@@ -588,8 +588,16 @@ impl Engine {
                 }
                 _ = tick.tick() => self.dispatch(),
                 Some(()) = reload => {
-                    if let Err(e) = self.reload() {
-                        warn!(error = %e, "Alert rules not reloaded; the previous rules stay");
+                    // Reading and parsing the rule files blocks: not on this async worker.
+                    let engine = Arc::clone(&self);
+                    match tokio::task::spawn_blocking(move || engine.reload()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "Alert rules not reloaded; the previous rules stay");
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "Alert rule reload failed; the previous rules stay");
+                        }
                     }
                 }
             }

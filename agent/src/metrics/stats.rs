@@ -73,7 +73,6 @@ impl StatsMetrics {
 
 #[cfg(test)]
 mod tests {
-    use super::super::m;
     use super::*;
 
     fn sample(id: &str, name: Option<&str>, metrics: &[(&str, f64)]) -> StatsSample {
@@ -91,9 +90,19 @@ mod tests {
             sample(
                 "a",
                 Some("we\"ird\\na\nme"),
-                &[(m::CPU_USAGE, 1.5), (m::MEMORY_USAGE, 10.0)],
+                &[
+                    ("container_cpu_usage_seconds_total", 1.5),
+                    ("container_memory_usage_bytes", 10.0),
+                ],
             ),
-            sample("b", None, &[(m::CPU_USAGE, 2.0), ("bad name", 1.0)]),
+            sample(
+                "b",
+                None,
+                &[
+                    ("container_cpu_usage_seconds_total", 2.0),
+                    ("bad name", 1.0),
+                ],
+            ),
         ];
         let mut out = String::new();
         ferry_wire::render_container_metrics(&mut out, samples.iter());
@@ -114,7 +123,7 @@ mod tests {
 
     #[test]
     fn kubernetes_labels_appear_when_known() {
-        let mut s = sample("a", Some("n"), &[(m::THREADS, 3.0)]);
+        let mut s = sample("a", Some("n"), &[("container_threads", 3.0)]);
         s.kubernetes.namespace = Some("ns".into());
         s.kubernetes.pod.name = Some("p".into());
         let mut out = String::new();

@@ -1,6 +1,13 @@
 //! What the agent knows about one Docker container, built from `GET /containers/<id>/json`
-//! (inspect) or, when the API is unavailable, from the container's `config.v2.json`; and how that
-//! knowledge lands on a record (`container.*`, `kubernetes.*`).
+//! (inspect) or, when the API is unavailable, from the container's `config.v2.json`; how that
+//! knowledge lands on a record (`container.*`, `kubernetes.*`); and which containers are
+//! collected ([`Filter`], [`Selector`]).
+//!
+//! Plain data and pure functions, no I/O: shared by the configuration (which checks the
+//! selectors), Docker discovery (which fills its registry with these) and the tailer's
+//! enrichment, and depending on none of them.
+
+mod filter;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +15,8 @@ use std::path::PathBuf;
 use bollard::models::ContainerInspectResponse;
 use ferry_wire::{Container, ContainerImage, Kubernetes, KubernetesContainer, KubernetesPod};
 use serde::Deserialize;
+
+pub(crate) use filter::{Filter, Selector};
 
 /// Label that opts a container out of log collection when set to `false`.
 pub(crate) const ENABLE_LABEL: &str = "ferry.enable";

@@ -13,7 +13,7 @@
 
 use glob::Pattern;
 
-use super::meta::ContainerMeta;
+use super::ContainerMeta;
 
 /// One parsed selector.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,13 @@
 //! Every error the pipeline counts also goes through [`Metrics::error`], which remembers the last
 //! error for [`crate::AgentStatus`]. Metric names follow the project rule: counters end in
 //! `_total`, bytes in `_bytes`, durations are `_seconds` histograms, errors carry `error_type`.
+//!
+//! Every metric the agent exposes is held here, including the ones other parts keep current (the
+//! stats collector's figures in [`StatsMetrics`], the Docker registry's [`ContainerGauges`]), so
+//! this module depends on no other part of the agent.
+
+mod containers;
+mod stats;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -21,6 +28,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
+
+pub(crate) use containers::ContainerGauges;
+pub(crate) use stats::StatsMetrics;
 
 /// Why a send to the aggregator failed (`error_type` of `ferry_agent_send_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,9 +159,9 @@ pub(crate) struct Metrics {
     send_duration: DurationHistogram<{ BUCKETS_SECONDS.len() }>,
     last_error: Mutex<Option<String>>,
     /// Container stats: the collector's own figures and the latest sample per container.
-    pub stats: crate::stats::StatsMetrics,
+    pub stats: StatsMetrics,
     /// `ferry_agent_containers{state}`, kept by the Docker registry.
-    pub containers: Arc<crate::docker::ContainerGauges>,
+    pub containers: Arc<ContainerGauges>,
 }
 
 impl Metrics {
