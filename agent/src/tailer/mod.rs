@@ -290,6 +290,11 @@ impl Tailer {
         let mut progressed = false;
         for key in keys {
             loop {
+                // Before every read: a truncation (even one refilled past our position while we
+                // waited for the forwarder) must not be read on from the old position. When it
+                // moves the source to a copy, the file's new contents wait for the copy (below):
+                // checked after the wait, they overtook the copy's rest in this very turn.
+                self.check_truncation(key);
                 // An older rotated file of the same log is read to its end first.
                 if let Some(after) = self.files.get(&key).and_then(|f| f.after) {
                     let waiting = self
@@ -303,9 +308,6 @@ impl Tailer {
                         f.after = None;
                     }
                 }
-                // Before every read: a truncation (even one refilled past our position while we
-                // waited for the forwarder) must not be read on from the old position.
-                self.check_truncation(key);
                 let Some(f) = self.files.get_mut(&key) else {
                     break;
                 };

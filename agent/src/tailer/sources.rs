@@ -170,18 +170,22 @@ impl Tailer {
         })
     }
 
-    /// [`Tailer::taken`], or it may hold a source not finished yet: a checkpointed one not
-    /// resumed yet (same inode, or the same head), or an open one (a copy holding what was read
-    /// of it, made before the truncation that the agent has not seen yet).
-    pub(super) fn claimed(&self, sibling: &Sibling) -> bool {
-        if self.taken(sibling) || self.restored.contains_key(&sibling.key) {
-            return true;
+    /// Whether `sibling` is not to be read as a new source: [`Tailer::taken`], gone, without a
+    /// head yet (looked at again next time), the rest of a checkpointed source not resumed yet
+    /// (same inode, or the same head), or [`Claim::Pending`]: a copy of an open source, holding
+    /// what was read of it, made before a truncation the agent has not seen yet.
+    pub(super) fn claimed(&self, sibling: &Sibling) -> Claim {
+        if self.taken(sibling) {
+            return Claim::Taken;
+        }
+        if self.restored.contains_key(&sibling.key) {
+            return Claim::Taken; // resumed in place by the scan
         }
         let Ok(file) = File::open(&sibling.path) else {
-            return true; // gone meanwhile: nothing to read
+            return Claim::Taken; // gone meanwhile: nothing to read
         };
         let Ok(Some(head)) = Head::read(&file) else {
-            return true; // no head yet: looked at again next time
+            return Claim::Taken; // no head yet: looked at again next time
         };
         let hash = head.hash();
         let restored = self
@@ -189,15 +193,22 @@ impl Tailer {
             .values()
             .flatten()
             .any(|(_, e)| e.head_hash == hash && sibling.len >= e.offset);
-        restored
-            || self.files.values().any(|f| {
-                f.source.as_ref().is_some_and(|s| {
-                    s.head_hash == hash
-                        && sibling.len >= f.pos
-                        && (f.tail.is_empty()
-                            || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail)))
-                })
+        if restored {
+            return Claim::Taken; // the scan follows the checkpoint into it
+        }
+        let open = self.files.values().any(|f| {
+            f.source.as_ref().is_some_and(|s| {
+                s.head_hash == hash
+                    && sibling.len >= f.pos
+                    && (f.tail.is_empty()
+                        || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail)))
             })
+        });
+        if open {
+            Claim::Pending
+        } else {
+            Claim::Free
+        }
     }
 
     /// The rotated siblings of `live` (the file `live_key`) nobody read are read (oldest first,
@@ -211,8 +222,17 @@ impl Tailer {
                 prev = Some(sibling.key);
                 continue;
             }
-            if sibling.compressed || self.claimed(&sibling) {
+            if sibling.compressed {
                 continue;
+            }
+            match self.claimed(&sibling) {
+                Claim::Taken => continue,
+                // An open source will move into this copy (its file was copied and truncated,
+                // and the agent has not seen the truncation yet): the younger generations wait
+                // until it has, so they are read after its rest.
+                // (Read now, they overtook it: the writer's order broke across generations.)
+                Claim::Pending => break,
+                Claim::Free => {}
             }
             let Ok(file) = File::open(&sibling.path) else {
                 continue;
@@ -539,4 +559,16 @@ fn is_glob_parent(include: &[String], dir: &Path) -> bool {
     include
         .iter()
         .any(|p| crate::watcher::glob_parent(p) == dir)
+}
+
+/// What [`Tailer::claimed`] found a rotated sibling to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// Read, being read, gone, or without a head yet: not a new source (now).
+    Taken,
+    /// The copy of an open source the agent has not finished: that source moves into it when
+    /// the agent sees the truncation.
+    Pending,
+    /// Never read: a source of its own.
+    Free,
 }

@@ -255,6 +255,13 @@ async fn truncation_while_behind_is_noticed_before_reading_on() {
         assert_eq!(sources[1], lines("b", 0..600), "keep_copy {keep_copy}");
         if keep_copy {
             assert_eq!(sources[0], lines("a", 0..400));
+            // The writer's order: the copy's rest before the file's new contents.
+            let first_b = agg
+                .stored()
+                .iter()
+                .position(|r| r.message.starts_with("b "))
+                .unwrap();
+            assert_eq!(first_b, 400, "a new line accepted before the copy's rest");
             assert_eq!(agg.stored().len(), expected);
             assert_eq!(agent.metrics.lost(LostReason::Truncated), (0, 0));
         } else {
