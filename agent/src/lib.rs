@@ -27,6 +27,7 @@ mod rotated;
 mod rules;
 mod stats;
 mod tailer;
+mod tls;
 mod watcher;
 
 #[cfg(test)]
@@ -44,10 +45,11 @@ use tracing::{info, warn};
 
 pub use checkpoint::CheckpointError;
 pub use config::{
-    AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, OutputConfig,
+    AgentConfig, AgentTlsConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, OutputConfig,
     ReadFrom,
 };
 pub use ferry_parsers::RuleError;
+pub use tls::TlsError;
 pub use rules::RulesError;
 pub use stats::StatsTargets;
 
@@ -71,6 +73,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot start the tailer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -112,6 +116,7 @@ pub struct AgentHandle {
 /// the forwarder task. Call inside a multi-thread tokio runtime.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     config.validate()?;
+    let tls = tls::client_config(&config.tls.clone().unwrap_or_default())?;
     let rules = Arc::new(rules::Rules::load(
         config.rules_dirs.clone(),
         config.parser.clone(),
@@ -198,13 +203,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         .map_err(StartError::Thread)?;
     let forwarder = forward::Forwarder::new(
         &config,
+        tls,
         loaded.checkpointer,
         metrics.clone(),
         shutdown_rx.clone(),
     );
     let forwarder = tokio::spawn(forwarder.run(rx));
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown_rx));
-    info!(aggregator = %config.aggregator_url, metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
+    info!(aggregator = %config.urls().join(", "), metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
     if config.output == OutputConfig::Discard {
         warn!("output = \"discard\": records are read, parsed and encoded, then dropped; nothing is delivered and checkpoints advance as if it were");
     }
