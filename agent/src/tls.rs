@@ -134,3 +134,65 @@ fn sentence(e: &rustls::Error) -> String {
         other => format!("TLS failed: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the connector hands it on: rustls' error inside an I/O error inside the client's.
+    fn wrapped(e: rustls::Error) -> Box<dyn std::error::Error + Send + Sync> {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        Box::new(Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    }
+
+    #[test]
+    fn tls_failures_are_said_plainly() {
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "wrong CA",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "expired certificate",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "host-name mismatch",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "requires a client certificate",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+                "refused this agent's client certificate",
+            ),
+        ];
+        for (error, says) in cases {
+            let text = explain(wrapped(error).as_ref()).unwrap();
+            assert!(text.contains(says), "{text}");
+        }
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(explain(&plain), None);
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let err = client_config(&AgentTlsConfig {
+                ca_file: Some(path.clone()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("tls.ca_file"), "{err}");
+            assert!(err.contains(&*path.to_string_lossy()), "{err}");
+        }
+    }
+}

@@ -269,13 +269,18 @@ async fn reload_on_hangup(
         warn!("Cannot listen for SIGHUP; tokens and certificates are reloaded only when their files change");
         return;
     };
+    let stop = async move {
+        // The guard `wait_for` returns is not Send: drop it before any further await.
+        let _ = shutdown.wait_for(|&stop| stop).await.map(drop);
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 let (ingest, config) = (Arc::clone(&ingest), config.clone());
                 let _ = tokio::task::spawn_blocking(move || reload_credentials(&ingest, &config)).await;
             }
-            _ = shutdown.wait_for(|&stop| stop) => return,
+            () = &mut stop => return,
         }
     }
 }

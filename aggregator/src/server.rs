@@ -57,10 +57,6 @@ impl Tokens {
         self.digests.is_empty()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.digests.len()
-    }
-
     /// Whether `presented` is one of the tokens (every digest is compared, match or not).
     fn accepts(&self, presented: &[u8]) -> bool {
         let digest = sha256(presented);

@@ -195,6 +195,11 @@ impl Tls {
         }
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.reload_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = async move {
+            // The guard `wait_for` returns is not Send: drop it before any further await.
+            let _ = shutdown.wait_for(|&stop| stop).await.map(drop);
+        };
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -206,7 +211,7 @@ impl Tls {
                     })
                     .await;
                 }
-                _ = shutdown.wait_for(|&stop| stop) => return,
+                () = &mut stop => return,
             }
         }
     }
@@ -266,55 +271,43 @@ impl TlsMetrics {
 
     pub(crate) fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let mut family = |name: &str, help: &str| {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let families = [
+            (
+                "ferry_tls_handshake_errors_total",
+                "TLS handshakes that failed (wrong CA, no or bad client certificate, not TLS, time-out).",
+                vec![(String::new(), load(&self.handshake_errors))],
+            ),
+            (
+                "ferry_tls_clients_refused_total",
+                "Connections whose client certificate is not in tls.client_allowlist.",
+                vec![(String::new(), load(&self.clients_refused))],
+            ),
+            (
+                "ferry_tls_reloads_total",
+                "Re-reads of the TLS certificate files, by result (error: the previous ones stay).",
+                vec![
+                    ("{result=\"ok\"}".to_string(), load(&self.reloads_ok)),
+                    ("{result=\"error\"}".to_string(), load(&self.reloads_failed)),
+                ],
+            ),
+            (
+                "ferry_ingest_client_batches_total",
+                "Batches accepted, by client certificate identity (mTLS).",
+                self.client_batches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(identity, n)| (format!("{{identity=\"{identity}\"}}"), *n))
+                    .collect(),
+            ),
+        ];
+        for (name, help, samples) in families {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
-        };
-        family(
-            "ferry_tls_handshake_errors_total",
-            "TLS handshakes that failed (wrong CA, no or bad client certificate, not TLS, time-out).",
-        );
-        let _ = writeln!(
-            out,
-            "ferry_tls_handshake_errors_total {}",
-            self.handshake_errors.load(Ordering::Relaxed)
-        );
-        let mut family = |name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-        };
-        family(
-            "ferry_tls_clients_refused_total",
-            "Connections whose client certificate is not in tls.client_allowlist.",
-        );
-        let _ = writeln!(
-            out,
-            "ferry_tls_clients_refused_total {}",
-            self.clients_refused.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# HELP ferry_tls_reloads_total Re-reads of the TLS certificate files, by result (error: the previous ones stay).");
-        let _ = writeln!(out, "# TYPE ferry_tls_reloads_total counter");
-        let _ = writeln!(
-            out,
-            "ferry_tls_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "ferry_tls_reloads_total{{result=\"error\"}} {}",
-            self.reloads_failed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# HELP ferry_ingest_client_batches_total Batches accepted, by client certificate identity (mTLS).");
-        let _ = writeln!(out, "# TYPE ferry_ingest_client_batches_total counter");
-        let map = self
-            .client_batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (identity, n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "ferry_ingest_client_batches_total{{identity=\"{identity}\"}} {n}"
-            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
         }
     }
 }
