@@ -50,7 +50,8 @@ pub(crate) fn client_config(config: &AgentTlsConfig) -> Result<Arc<ClientConfig>
             reason: e.to_string(),
         })?
         .with_root_certificates(roots);
-    let mut client = match (&config.cert_file, &config.key_file) {
+    // No ALPN here: the connector sets `http/1.1` itself (and refuses a preset list).
+    let client = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => {
             let chain = read_certs("cert_file", cert)?;
             let key_der = PrivateKeyDer::from_pem_file(key)
@@ -67,7 +68,6 @@ pub(crate) fn client_config(config: &AgentTlsConfig) -> Result<Arc<ClientConfig>
         }
         _ => builder.with_no_client_auth(),
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(client))
 }
 

@@ -190,6 +190,28 @@ fn start_aggregator(world: &World, config: &Path, env: &[(&str, &str)]) -> Proc 
     p
 }
 
+/// [`wait_for`], and on a time-out the tails of the processes' logs in the panic message.
+fn wait_logged<T>(what: &str, logs: &[&Proc], mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            let tails: Vec<String> = logs
+                .iter()
+                .map(|p| {
+                    let text = p.log_text();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!("--- {}:\n{}", p.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+                })
+                .collect();
+            panic!("timed out waiting for {what}\n{}", tails.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn write_lines(world: &World, file: &str, n: usize) {
     let dir = world.path("logs/plain");
     std::fs::create_dir_all(&dir).unwrap();
@@ -333,10 +355,10 @@ fn agent_delivers_over_mtls_and_its_identity_shows_in_metrics() {
         agent_tls(&pki.ca, Some(&pki.agent)),
     );
     let config = write_config(&world, "ferry.toml", &text);
-    let _agg = start_aggregator(&world, &config, &[]);
+    let agg = start_aggregator(&world, &config, &[]);
     write_lines(&world, "app.log", 50);
-    let _agent = spawn(&world, "agent", &config, "agent.log", &[]);
-    wait_for("50 records stored", Duration::from_secs(60), || {
+    let agent = spawn(&world, "agent", &config, "agent.log", &[]);
+    wait_logged("50 records stored", &[&agg, &agent], || {
         (world.stored().len() == 50).then_some(())
     });
     let client = client_config(&pki.ca, Some(&pki.agent));
