@@ -85,19 +85,24 @@ fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
 /// The TLS failure somewhere in `e`'s chain of causes, said plainly; `None` when the failure
 /// was not TLS.
 pub(crate) fn explain(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            return Some(sentence(tls));
-        }
-        next = e.source();
+    find_tls(e).map(sentence)
+}
+
+/// rustls' error in `e`'s chain: an I/O error's source skips the error it wraps, so wrapped
+/// errors are opened one by one (the connector wraps rustls' error in two I/O errors).
+fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
     }
-    None
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = find_tls(inner) {
+            return Some(tls);
+        }
+    }
+    e.source().and_then(find_tls)
 }
 
 fn sentence(e: &rustls::Error) -> String {
@@ -144,7 +149,8 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("client error (Connect)")]
         struct Outer(#[source] std::io::Error);
-        Box::new(Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        Box::new(Outer(std::io::Error::other(io)))
     }
 
     #[test]

@@ -397,7 +397,7 @@ fn agent_names_a_wrong_ca_an_expired_certificate_and_a_host_name_mismatch() {
         let mut agg = start_aggregator(&world, &config, &[]);
         let log = format!("agent-{i}.log");
         let mut agent = spawn(&world, "agent", &config, &log, &[]);
-        let text = wait_for(says, Duration::from_secs(30), || {
+        let text = wait_logged(says, &[&agent], || {
             let text = agent.log_text();
             text.contains(says).then_some(text)
         });
