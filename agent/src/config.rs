@@ -388,8 +388,7 @@ impl AgentConfig {
             if self.token.is_some() || self.token_file.is_some() {
                 problems.push(ConfigProblem {
                     field: "token_env".into(),
-                    message: "set one of `token`, `token_file` and `token_env`, not several"
-                        .into(),
+                    message: "set one of `token`, `token_file` and `token_env`, not several".into(),
                 });
             } else {
                 match env(name).filter(|v| !v.trim().is_empty()) {
@@ -460,7 +459,10 @@ impl AgentConfig {
         }
         for (i, url) in self.aggregator_urls.iter().enumerate() {
             if let Err(message) = parse_http_url(url) {
-                bad(format!("aggregator_urls[{i}]"), format!("{url:?}: {message}"));
+                bad(
+                    format!("aggregator_urls[{i}]"),
+                    format!("{url:?}: {message}"),
+                );
             }
         }
         let tls = self.tls.clone().unwrap_or_default();
@@ -470,7 +472,8 @@ impl AgentConfig {
         {
             bad(
                 "tls.ca_file".into(),
-                "an https:// aggregator URL needs the CA that signed the aggregator's certificate".into(),
+                "an https:// aggregator URL needs the CA that signed the aggregator's certificate"
+                    .into(),
             );
         }
         if tls.cert_file.is_some() != tls.key_file.is_some() {

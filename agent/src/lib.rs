@@ -45,13 +45,13 @@ use tracing::{info, warn};
 
 pub use checkpoint::CheckpointError;
 pub use config::{
-    AgentConfig, AgentTlsConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, OutputConfig,
-    ReadFrom,
+    AgentConfig, AgentTlsConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig,
+    OutputConfig, ReadFrom,
 };
 pub use ferry_parsers::RuleError;
-pub use tls::TlsError;
 pub use rules::RulesError;
 pub use stats::StatsTargets;
+pub use tls::TlsError;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]

@@ -56,15 +56,13 @@ pub(crate) fn client_config(config: &AgentTlsConfig) -> Result<Arc<ClientConfig>
             let chain = read_certs("cert_file", cert)?;
             let key_der = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| bad("key_file", key, format!("no usable private key: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| {
-                    bad(
-                        "key_file",
-                        key,
-                        format!("does not go with {} ({e})", cert.display()),
-                    )
-                })?
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                bad(
+                    "key_file",
+                    key,
+                    format!("does not go with {} ({e})", cert.display()),
+                )
+            })?
         }
         _ => builder.with_no_client_auth(),
     };

@@ -631,11 +631,15 @@ mod token_tests {
     fn tokens_come_from_every_source_and_problems_never_show_them() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tokens");
-        std::fs::write(&file, "# rotation: new first
+        std::fs::write(
+            &file,
+            "# rotation: new first
   new-tok
 
 old-tok
-").unwrap();
+",
+        )
+        .unwrap();
         std::env::set_var("FERRY_AGG_TEST_TOKEN", "env-tok");
         let config = AggregatorConfig {
             tokens: vec!["listed-tok".into()],
@@ -648,9 +652,13 @@ old-tok
             ["listed-tok", "new-tok", "old-tok", "env-tok"]
         );
 
-        std::fs::write(&file, "good-tok
+        std::fs::write(
+            &file,
+            "good-tok
 bad tok-with-space
-").unwrap();
+",
+        )
+        .unwrap();
         let config = AggregatorConfig {
             token_file: Some(file.clone()),
             token_env: Some("FERRY_AGG_TEST_UNSET".into()),
@@ -665,7 +673,10 @@ bad tok-with-space
         let listed = config.problems();
         assert_eq!(listed[0].field, "tokens[0]");
         for text in text.iter().chain([&listed[0].to_string()]) {
-            assert!(!text.contains("tok-with") && !text.contains("y-listed"), "{text}");
+            assert!(
+                !text.contains("tok-with") && !text.contains("y-listed"),
+                "{text}"
+            );
         }
     }
 

@@ -21,9 +21,9 @@ mod search;
 mod server;
 mod sink;
 mod sink_metrics;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,13 +123,13 @@ pub struct AggregatorHandle {
 /// multi-thread tokio runtime.
 pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartError> {
     config.validate()?;
-    let tokens = config
-        .read_tokens()
-        .map_err(|problems| StartError::Config(problems.into_iter().next().unwrap_or_else(|| ConfigError {
+    let tokens = config.read_tokens().map_err(|problems| {
+        StartError::Config(problems.into_iter().next().unwrap_or_else(|| ConfigError {
             field: "token".into(),
             value: String::new(),
             reason: "unreadable".into(),
-        })))?;
+        }))
+    })?;
     let tls = match &config.tls {
         Some(tls) => Some(Arc::new(tls::Tls::open(tls)?)),
         None => None,

@@ -376,10 +376,7 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
         file_error(
             "key_file",
             &config.key_file,
-            format!(
-                "does not go with {} ({e})",
-                config.cert_file.display()
-            ),
+            format!("does not go with {} ({e})", config.cert_file.display()),
         )
     })?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -544,7 +541,13 @@ mod tests {
         // The IP address SAN is not a DNS name.
         assert_eq!(names.dns, ["node-7.example"]);
         let names = cert_names(&cert("", &["only-dns"])).unwrap();
-        assert_eq!(names, Names { common: vec![], dns: vec!["only-dns".into()] });
+        assert_eq!(
+            names,
+            Names {
+                common: vec![],
+                dns: vec!["only-dns".into()]
+            }
+        );
     }
 
     #[test]

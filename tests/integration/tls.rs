@@ -105,9 +105,25 @@ impl Pki {
         let local = ["127.0.0.1", "localhost"];
         Pki {
             server: leaf(dir, "server", "aggregator-a", &local, false, &issuer, false),
-            server_b: leaf(dir, "server-b", "aggregator-b", &local, false, &issuer, false),
+            server_b: leaf(
+                dir,
+                "server-b",
+                "aggregator-b",
+                &local,
+                false,
+                &issuer,
+                false,
+            ),
             expired: leaf(dir, "expired", "aggregator", &local, false, &issuer, true),
-            wrong_host: leaf(dir, "wrong-host", "aggregator", &["elsewhere.example"], false, &issuer, false),
+            wrong_host: leaf(
+                dir,
+                "wrong-host",
+                "aggregator",
+                &["elsewhere.example"],
+                false,
+                &issuer,
+                false,
+            ),
             agent: leaf(dir, "agent-1", "agent-1", &[], true, &issuer, false),
             intruder: leaf(dir, "intruder", "intruder", &[], true, &issuer, false),
             foreign: leaf(dir, "foreign", "agent-1", &[], true, &other, false),
@@ -203,7 +219,11 @@ fn wait_logged<T>(what: &str, logs: &[&Proc], mut check: impl FnMut() -> Option<
                 .map(|p| {
                     let text = p.log_text();
                     let lines: Vec<&str> = text.lines().collect();
-                    format!("--- {}:\n{}", p.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+                    format!(
+                        "--- {}:\n{}",
+                        p.log.display(),
+                        lines[lines.len().saturating_sub(30)..].join("\n")
+                    )
                 })
                 .collect();
             panic!("timed out waiting for {what}\n{}", tails.join("\n"));
@@ -275,9 +295,12 @@ fn tls_request(
     body: &[u8],
 ) -> Result<TlsReply, String> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
-    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+    let sock =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -366,7 +389,10 @@ fn agent_delivers_over_mtls_and_its_identity_shows_in_metrics() {
     assert_eq!(page.status, 200);
     assert_eq!(page.server_cert, pki.server.der);
     assert!(
-        metric(&page.body, "ferry_ingest_client_batches_total{identity=\"agent-1\"}") >= 1.0,
+        metric(
+            &page.body,
+            "ferry_ingest_client_batches_total{identity=\"agent-1\"}"
+        ) >= 1.0,
         "{}",
         page.body
     );
@@ -402,7 +428,10 @@ fn agent_names_a_wrong_ca_an_expired_certificate_and_a_host_name_mismatch() {
             text.contains(says).then_some(text)
         });
         assert!(text.contains("TLS with the aggregator failed"), "{text}");
-        assert!(world.stored().is_empty(), "nothing passes a failed handshake");
+        assert!(
+            world.stored().is_empty(),
+            "nothing passes a failed handshake"
+        );
         agent.kill();
         agg.terminate();
     }
@@ -421,24 +450,48 @@ fn client_certificates_are_checked_against_the_ca_and_the_allowlist() {
     let agg = start_aggregator(&world, &config, &[]);
     let addr = world.agg_addr();
     let get = |client: Option<&Pair>| {
-        tls_request(addr, &client_config(&pki.ca, client), "GET", "/health", &[], b"")
+        tls_request(
+            addr,
+            &client_config(&pki.ca, client),
+            "GET",
+            "/health",
+            &[],
+            b"",
+        )
     };
     assert_eq!(get(Some(&pki.agent)).unwrap().status, 200);
     let refused = get(Some(&pki.intruder)).unwrap();
     assert_eq!(refused.status, 403);
-    assert!(refused.body.contains("\\\"intruder\\\" is not allowed"), "{}", refused.body);
+    assert!(
+        refused.body.contains("\\\"intruder\\\" is not allowed"),
+        "{}",
+        refused.body
+    );
     let err = get(None).err().expect("no client certificate: refused");
     assert!(err.contains("CertificateRequired"), "{err}");
-    let err = get(Some(&pki.foreign)).err().expect("another CA's client: refused");
-    assert!(err.contains("UnknownCA") || err.contains("BadCertificate"), "{err}");
+    let err = get(Some(&pki.foreign))
+        .err()
+        .expect("another CA's client: refused");
+    assert!(
+        err.contains("UnknownCA") || err.contains("BadCertificate"),
+        "{err}"
+    );
 
     // The agent says what is wrong: no client certificate, or one from another CA.
     write_lines(&world, "app.log", 5);
     let url = format!("https://127.0.0.1:{}", world.agg_port);
     for (name, client, says) in [
         ("agent-none", None, "requires a client certificate"),
-        ("agent-foreign", Some(&pki.foreign), "refused this agent's client certificate"),
-        ("agent-intruder", Some(&pki.intruder), "is not allowed (not in tls.client_allowlist)"),
+        (
+            "agent-foreign",
+            Some(&pki.foreign),
+            "refused this agent's client certificate",
+        ),
+        (
+            "agent-intruder",
+            Some(&pki.intruder),
+            "is not allowed (not in tls.client_allowlist)",
+        ),
     ] {
         let text = format!(
             "{}{}",
@@ -454,11 +507,24 @@ fn client_certificates_are_checked_against_the_ca_and_the_allowlist() {
     }
     assert!(world.stored().is_empty());
     let page = get(Some(&pki.agent)).map(|_| ()).and_then(|()| {
-        tls_request(addr, &client_config(&pki.ca, Some(&pki.agent)), "GET", "/metrics", &[], b"")
+        tls_request(
+            addr,
+            &client_config(&pki.ca, Some(&pki.agent)),
+            "GET",
+            "/metrics",
+            &[],
+            b"",
+        )
     });
     let page = page.unwrap().body;
-    assert!(metric(&page, "ferry_tls_handshake_errors_total") >= 4.0, "{page}");
-    assert!(metric(&page, "ferry_tls_clients_refused_total") >= 2.0, "{page}");
+    assert!(
+        metric(&page, "ferry_tls_handshake_errors_total") >= 4.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "ferry_tls_clients_refused_total") >= 2.0,
+        "{page}"
+    );
     drop(agg);
 }
 
@@ -482,7 +548,9 @@ fn post(addr: SocketAddr, token: Option<&str>) -> u16 {
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth));
     }
-    http(addr, "POST", "/v1/batches", &headers, &batch()).unwrap().status
+    http(addr, "POST", "/v1/batches", &headers, &batch())
+        .unwrap()
+        .status
 }
 
 fn hangup(p: &Proc) {
@@ -512,7 +580,11 @@ fn tokens_rotate_without_downtime_and_the_old_one_is_refused_after_reload() {
     wait_for("the new token accepted", Duration::from_secs(20), || {
         (post(addr, Some("new-token-2")) == 200).then_some(())
     });
-    assert_eq!(post(addr, Some("old-token-1")), 200, "old token still valid");
+    assert_eq!(
+        post(addr, Some("old-token-1")),
+        200,
+        "old token still valid"
+    );
 
     // The old one leaves: refused after the reload, the new one still works.
     std::fs::write(&tokens, "new-token-2\n").unwrap();
@@ -526,7 +598,9 @@ fn tokens_rotate_without_downtime_and_the_old_one_is_refused_after_reload() {
     std::fs::write(&tokens, "\n").unwrap();
     hangup(&agg);
     wait_for("the refused reload logged", Duration::from_secs(20), || {
-        agg.log_text().contains("keeping the tokens in use").then_some(())
+        agg.log_text()
+            .contains("keeping the tokens in use")
+            .then_some(())
     });
     assert_eq!(post(addr, None), 401);
     assert_eq!(post(addr, Some("new-token-2")), 200);
@@ -564,7 +638,8 @@ fn certificates_are_reread_on_sighup_and_a_bad_pair_keeps_the_old_ones() {
     hangup(&agg);
     let text = wait_for("the failed reload logged", Duration::from_secs(20), || {
         let text = agg.log_text();
-        text.contains("keeping the certificates in use").then_some(text)
+        text.contains("keeping the certificates in use")
+            .then_some(text)
     });
     assert!(text.contains("does not go with"), "{text}");
     assert_eq!(served(), pki.server.der);
@@ -572,9 +647,11 @@ fn certificates_are_reread_on_sighup_and_a_bad_pair_keeps_the_old_ones() {
     // The matching key arrives: the next SIGHUP swaps the new pair in, without a restart.
     std::fs::copy(&pki.server_b.key, &live.key).unwrap();
     hangup(&agg);
-    wait_for("the new certificate served", Duration::from_secs(20), || {
-        (served() == pki.server_b.der).then_some(())
-    });
+    wait_for(
+        "the new certificate served",
+        Duration::from_secs(20),
+        || (served() == pki.server_b.der).then_some(()),
+    );
 }
 
 #[test]
@@ -607,9 +684,11 @@ fn certificates_are_reread_when_their_files_change() {
     std::fs::copy(&pki.server_b.cert, world.path("new.pem")).unwrap();
     std::fs::rename(world.path("new.key"), &live.key).unwrap();
     std::fs::rename(world.path("new.pem"), &live.cert).unwrap();
-    wait_for("the new certificate served", Duration::from_secs(20), || {
-        (served() == pki.server_b.der).then_some(())
-    });
+    wait_for(
+        "the new certificate served",
+        Duration::from_secs(20),
+        || (served() == pki.server_b.der).then_some(()),
+    );
 }
 
 /// Every secret given to the processes, and none of them anywhere in what they print, serve on
@@ -714,9 +793,17 @@ group_wait_seconds = 1
     wrong_agent.kill();
 
     let mut captured = Vec::new();
-    captured.push(("aggregator /metrics", http(world.agg_addr(), "GET", "/metrics", &[], b"").unwrap().body));
+    captured.push((
+        "aggregator /metrics",
+        http(world.agg_addr(), "GET", "/metrics", &[], b"")
+            .unwrap()
+            .body,
+    ));
     let agent_addr = SocketAddr::from(([127, 0, 0, 1], agent_metrics));
-    captured.push(("agent /metrics", http(agent_addr, "GET", "/metrics", &[], b"").unwrap().body));
+    captured.push((
+        "agent /metrics",
+        http(agent_addr, "GET", "/metrics", &[], b"").unwrap().body,
+    ));
     let check = |config: &Path, env: &[(&str, &str)]| {
         let mut cmd = Command::new(FERRY);
         cmd.args(["check", config.to_str().unwrap()]);
@@ -753,7 +840,35 @@ group_wait_seconds = 1
     for (what, text) in &captured {
         assert!(!text.is_empty(), "{what} captured nothing");
         for secret in [TOKEN, WRONG_TOKEN, ES_PASSWORD, hook_secret] {
-            assert!(!text.contains(secret), "{what} shows the secret {secret}:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "{what} shows the secret {secret}:\n{text}"
+            );
         }
     }
+}
+
+#[test]
+fn agent_fails_over_to_the_next_aggregator_url() {
+    let world = World::new();
+    // Nothing listens on the first URL.
+    let dead = free_port();
+    let urls = format!(
+        "aggregator_urls = [\"http://127.0.0.1:{dead}\", \"http://127.0.0.1:{}\"]",
+        world.agg_port
+    );
+    let text = format!(
+        "{}{}",
+        aggregator_table(&world, ""),
+        agent_table(&world, "agent", "http://127.0.0.1:7480", &urls),
+    );
+    let config = write_config(&world, "ferry.toml", &text);
+    let agg = start_aggregator(&world, &config, &[]);
+    write_lines(&world, "app.log", 30);
+    let agent = spawn(&world, "agent", &config, "agent.log", &[]);
+    wait_logged("30 records stored", &[&agg, &agent], || {
+        (world.stored().len() == 30).then_some(())
+    });
+    let log = agent.log_text();
+    assert!(log.contains("Switching to the next aggregator"), "{log}");
 }
