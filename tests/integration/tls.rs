@@ -768,14 +768,11 @@ group_wait_seconds = 1
         (world.stored().len() == 20).then_some(())
     });
     // An agent with the wrong token: refused, and says so.
-    let wrong = format!(
-        "{}",
-        agent_table(
-            &world,
-            "agent-wrong",
-            &format!("http://127.0.0.1:{}", world.agg_port),
-            &format!("token_file = \"{}\"", secrets.join("wrong-token").display())
-        )
+    let wrong = agent_table(
+        &world,
+        "agent-wrong",
+        &format!("http://127.0.0.1:{}", world.agg_port),
+        &format!("token_file = \"{}\"", secrets.join("wrong-token").display()),
     );
     let wrong_config = write_config(&world, "wrong.toml", &wrong);
     let mut wrong_agent = spawn(&world, "agent", &wrong_config, "agent-wrong.log", &[]);
