@@ -446,7 +446,10 @@ impl Forwarder {
                             "Aggregator refused the agent (its client certificate or token); retrying");
                         self.metrics.send_error(
                             SendError::Unauthorized,
-                            format!("{}: {}", answer.status, answer.body),
+                            format!(
+                                "{}: client certificate or token refused: {}",
+                                answer.status, answer.body
+                            ),
                         );
                         self.backoff(attempt)
                     }
