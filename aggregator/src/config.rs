@@ -681,6 +681,20 @@ bad tok-with-space
     }
 
     #[test]
+    fn tls_table_is_checked_field_by_field() {
+        let config: AggregatorConfig = toml::from_str(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_allowlist = [\"agent-1\", \"\"]\n",
+        )
+        .unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.reload_interval_ms, 10_000);
+        let fields: Vec<String> = config.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["tls.client_allowlist", "tls.client_allowlist[1]"]);
+        let err = toml::from_str::<AggregatorConfig>("[tls]\ncert_file = \"/c\"\n").unwrap_err();
+        assert!(err.to_string().contains("key_file"), "{err}");
+    }
+
+    #[test]
     fn es_secrets_come_from_the_environment() {
         std::env::set_var("FERRY_AGG_TEST_ES_PASSWORD", "es-pass");
         let mut config: AggregatorConfig = toml::from_str(
