@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(agent.token.as_deref(), Some("s3cret"));
         assert_eq!(agent.host_name, "node-from-env");
         let aggregator = aggregator(Some(&path)).unwrap();
-        assert_eq!(aggregator.token.as_deref(), Some("s3cret"));
+        assert_eq!(aggregator.read_tokens().unwrap(), ["s3cret"]);
         assert_eq!(check(&path), Vec::<String>::new());
 
         let (_dir, path) = file(

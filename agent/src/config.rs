@@ -32,13 +32,26 @@ pub struct AgentConfig {
     /// cost and trying rules on a node's real logs; it delivers nothing, and says so at start.
     pub output: OutputConfig,
     /// Base URL of the aggregator; batches are posted to `{aggregator_url}/v1/batches`.
-    /// Only `http://` is supported. Default `http://127.0.0.1:7480`.
+    /// `http://` or `https://` (then `tls.ca_file` is needed). Default `http://127.0.0.1:7480`.
     pub aggregator_url: String,
-    /// Bearer token sent as `Authorization: Bearer <token>`. Default: none.
+    /// Several aggregators, tried in order: batches go to one until it fails (no connection,
+    /// TLS failure, time-out, 5xx), then to the next, which is kept while it works. When set,
+    /// `aggregator_url` must be left at its default. Default: none (`aggregator_url` alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aggregator_urls: Vec<String>,
+    /// Bearer token sent as `Authorization: Bearer <token>`. Prefer `token_file` or `token_env`:
+    /// a secret does not belong in a configuration file. Default: none.
     pub token: Option<String>,
     /// File holding the bearer token (a mounted Docker or Kubernetes secret), read once at start,
-    /// surrounding whitespace trimmed; not with `token`. Default: none.
+    /// surrounding whitespace trimmed; not with `token` or `token_env`. Default: none.
     pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding the bearer token, read once at start; not with
+    /// `token` or `token_file`. Default: none.
+    pub token_env: Option<String>,
+    /// TLS for `https://` aggregator URLs (`[agent.tls]`: `ca_file`, and for mTLS `cert_file`
+    /// and `key_file`). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AgentTlsConfig>,
     /// Glob patterns of the log files to tail. Default: Docker's json-file logs and the
     /// kubelet's pod logs (`/var/lib/docker/containers/*/*-json.log`, `/var/log/pods/*/*/*.log`).
     pub include: Vec<String>,
@@ -143,6 +156,21 @@ pub struct AgentConfig {
     /// `ferry.parser` label (plain files, for instance), e.g. `logfmt`. Default: none (the image
     /// rules, then auto-detection).
     pub parser: Option<String>,
+}
+
+/// `[agent.tls]`: how the agent speaks TLS to `https://` aggregators. Files are read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentTlsConfig {
+    /// PEM file of the certificate authorities that sign the aggregator's certificate (only
+    /// these are trusted; for a public CA name the system bundle, e.g.
+    /// `/etc/ssl/certs/ca-certificates.crt`). Required for `https://`. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with this agent's client certificate (and intermediates), for an aggregator
+    /// that asks for one (mTLS); with `key_file`. Default: none.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the client certificate's private key; with `cert_file`. Default: none.
+    pub key_file: Option<PathBuf>,
 }
 
 /// How a file's lines are decoded.
@@ -293,8 +321,11 @@ impl Default for AgentConfig {
             host_name_env: None,
             data_dir: default_data_dir(),
             aggregator_url: default_aggregator_url(),
+            aggregator_urls: Vec::new(),
             token: None,
             token_file: None,
+            token_env: None,
+            tls: None,
             include: default_include(),
             exclude: Vec::new(),
             format: FormatConfig::Auto,
@@ -353,8 +384,24 @@ impl AgentConfig {
     /// `host_name`. Every problem is reported with its field; run [`Self::validate`] afterwards.
     pub fn resolve(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if let Some(name) = &self.token_env {
+            if self.token.is_some() || self.token_file.is_some() {
+                problems.push(ConfigProblem {
+                    field: "token_env".into(),
+                    message: "set one of `token`, `token_file` and `token_env`, not several".into(),
+                });
+            } else {
+                match env(name).filter(|v| !v.trim().is_empty()) {
+                    Some(value) => self.token = Some(value.trim().into()),
+                    None => problems.push(ConfigProblem {
+                        field: "token_env".into(),
+                        message: format!("the environment variable {name:?} is not set or empty"),
+                    }),
+                }
+            }
+        }
         if let Some(path) = &self.token_file {
-            if self.token.is_some() {
+            if self.token.is_some() && self.token_env.is_none() {
                 problems.push(ConfigProblem {
                     field: "token_file".into(),
                     message: "set either `token` or `token_file`, not both".into(),
@@ -397,10 +444,42 @@ impl AgentConfig {
         if self.host_name.trim().is_empty() {
             bad("host_name".into(), "must not be empty".into());
         }
-        if let Err(message) = parse_http_url(&self.aggregator_url) {
+        if self.aggregator_urls.is_empty() {
+            if let Err(message) = parse_http_url(&self.aggregator_url) {
+                bad(
+                    "aggregator_url".into(),
+                    format!("{:?}: {message}", self.aggregator_url),
+                );
+            }
+        } else if self.aggregator_url != default_aggregator_url() {
             bad(
-                "aggregator_url".into(),
-                format!("{:?}: {message}", self.aggregator_url),
+                "aggregator_urls".into(),
+                "set either aggregator_url or aggregator_urls, not both".into(),
+            );
+        }
+        for (i, url) in self.aggregator_urls.iter().enumerate() {
+            if let Err(message) = parse_http_url(url) {
+                bad(
+                    format!("aggregator_urls[{i}]"),
+                    format!("{url:?}: {message}"),
+                );
+            }
+        }
+        let tls = self.tls.clone().unwrap_or_default();
+        if self.output == OutputConfig::Aggregator
+            && tls.ca_file.is_none()
+            && self.urls().iter().any(|u| u.starts_with("https://"))
+        {
+            bad(
+                "tls.ca_file".into(),
+                "an https:// aggregator URL needs the CA that signed the aggregator's certificate"
+                    .into(),
+            );
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            bad(
+                "tls.cert_file".into(),
+                "a client certificate needs both cert_file and key_file".into(),
             );
         }
         if let Some(token) = &self.token {
@@ -518,18 +597,34 @@ impl AgentConfig {
         }
     }
 
-    /// `{aggregator_url}/v1/batches`.
-    pub(crate) fn batches_url(&self) -> String {
-        format!("{}/v1/batches", self.aggregator_url.trim_end_matches('/'))
+    /// The aggregator base URLs, in failover order: `aggregator_urls`, or `aggregator_url`.
+    pub fn urls(&self) -> Vec<String> {
+        if self.aggregator_urls.is_empty() {
+            vec![self.aggregator_url.clone()]
+        } else {
+            self.aggregator_urls.clone()
+        }
+    }
+
+    /// `{aggregator_url}/v1/batches`, for each aggregator URL.
+    pub(crate) fn batches_urls(&self) -> Vec<String> {
+        self.urls()
+            .iter()
+            .map(|u| format!("{}/v1/batches", u.trim_end_matches('/')))
+            .collect()
     }
 }
 
-/// Accepts `http://host[:port][/path]`; the HTTP client has no TLS.
+/// Accepts `http://host[:port][/path]` and `https://host[:port][/path]`.
 fn parse_http_url(url: &str) -> Result<hyper::Uri, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(format!("scheme {other:?} is not supported (use http://)")),
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme {other:?} is not supported (use http:// or https://)"
+            ))
+        }
         None => return Err("missing scheme (use http://host:port)".into()),
     }
     if uri.host().is_none() {
@@ -558,7 +653,7 @@ mod tests {
     #[test]
     fn validate_reports_every_problem_with_its_field() {
         let cfg = AgentConfig {
-            aggregator_url: "https://x".into(),
+            aggregator_url: "ftp://x".into(),
             include: vec!["/ok/*.log".into(), "/bad/[".into()],
             max_line_bytes: 0,
             compression_level: 42,

@@ -27,6 +27,7 @@ use ferry_wire::{BatchBuilder, Compression, EncodedBatch, LogRecord};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -66,10 +67,14 @@ struct Answer {
     body: String,
 }
 
-/// The HTTP side: one request, one answer.
+/// The HTTP side: one request, one answer, to the aggregator in use; [`Sender::fail_over`] moves
+/// to the next one.
 struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
-    url: Uri,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `{aggregator}/v1/batches` for each aggregator, in failover order.
+    urls: Vec<Uri>,
+    /// Index in `urls` of the aggregator in use.
+    current: usize,
     auth: Option<HeaderValue>,
     request_timeout: Duration,
 }
@@ -101,12 +106,25 @@ impl Deadline {
 }
 
 impl Sender {
+    fn url(&self) -> &Uri {
+        &self.urls[self.current]
+    }
+
+    /// Moves to the next aggregator (after the last, the first); `false` with only one.
+    fn fail_over(&mut self) -> bool {
+        if self.urls.len() < 2 {
+            return false;
+        }
+        self.current = (self.current + 1) % self.urls.len();
+        true
+    }
+
     async fn send_once(
         &self,
         body: Bytes,
         compression: Compression,
     ) -> Result<Answer, (SendError, String)> {
-        let mut req = Request::post(self.url.clone())
+        let mut req = Request::post(self.url().clone())
             .header(CONTENT_TYPE, "application/x-ndjson")
             .header(CONTENT_ENCODING, compression.content_encoding())
             .body(Full::new(body))
@@ -116,6 +134,9 @@ impl Sender {
         }
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
+                if let Some(tls) = crate::tls::explain(&e) {
+                    return (SendError::Tls, format!("{tls} [{}]", error_chain(&e)));
+                }
                 let kind = if e.is_connect() {
                     SendError::Connect
                 } else {
@@ -180,8 +201,11 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
+    /// `tls` is the client configuration for `https://` aggregators (see [`crate::tls`]); plain
+    /// `http://` URLs work without it.
     pub fn new(
         config: &AgentConfig,
+        tls: Arc<rustls::ClientConfig>,
         checkpointer: Checkpointer,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
@@ -189,14 +213,26 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(config.request_timeout_ms)));
         connector.set_nodelay(true);
+        // HttpConnector refuses https:// URIs unless told to hand them on to the TLS layer.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Forwarder {
             sender: Sender {
                 client,
-                // validate() checked the URL.
-                url: config.batches_url().parse().unwrap_or_default(),
+                // validate() checked the URLs.
+                urls: config
+                    .batches_urls()
+                    .iter()
+                    .map(|u| u.parse().unwrap_or_default())
+                    .collect(),
+                current: 0,
                 auth: config
                     .token
                     .as_ref()
@@ -396,12 +432,24 @@ impl Forwarder {
                             .send_error(kind, format!("{}: {}", answer.status, answer.body));
                         wait
                     }
-                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                        error!(status = answer.status.as_u16(), has_token = self.sender.auth.is_some(),
+                    StatusCode::UNAUTHORIZED => {
+                        error!(status = answer.status.as_u16(), has_token = self.sender.auth.is_some(), url = %self.sender.url(),
                             "Aggregator refused the agent's credentials: the `token` is wrong or missing; retrying");
                         self.metrics.send_error(
                             SendError::Unauthorized,
                             format!("{}: wrong or missing token", answer.status),
+                        );
+                        self.backoff(attempt)
+                    }
+                    StatusCode::FORBIDDEN => {
+                        error!(status = answer.status.as_u16(), reason = %answer.body, url = %self.sender.url(),
+                            "Aggregator refused the agent (its client certificate or token); retrying");
+                        self.metrics.send_error(
+                            SendError::Unauthorized,
+                            format!(
+                                "{}: client certificate or token refused: {}",
+                                answer.status, answer.body
+                            ),
                         );
                         self.backoff(attempt)
                     }
@@ -411,16 +459,24 @@ impl Forwarder {
                         } else {
                             SendError::UnexpectedStatus
                         };
-                        warn!(status = status.as_u16(), reason = %answer.body, "Aggregator failed the batch; retrying");
+                        warn!(status = status.as_u16(), reason = %answer.body, url = %self.sender.url(), "Aggregator failed the batch; retrying");
                         self.metrics
                             .send_error(kind, format!("{status}: {}", answer.body));
-                        self.backoff(attempt)
+                        if status.is_server_error() {
+                            self.fail_over(attempt)
+                        } else {
+                            self.backoff(attempt)
+                        }
                     }
                 },
                 Err((kind, reason)) => {
-                    warn!(error_type = kind.as_str(), %reason, url = %self.sender.url, "Sending the batch failed; retrying");
+                    if kind == SendError::Tls {
+                        error!(error_type = kind.as_str(), %reason, url = %self.sender.url(), "TLS with the aggregator failed; retrying");
+                    } else {
+                        warn!(error_type = kind.as_str(), %reason, url = %self.sender.url(), "Sending the batch failed; retrying");
+                    }
                     self.metrics.send_error(kind, reason);
-                    self.backoff(attempt)
+                    self.fail_over(attempt)
                 }
             };
             attempt = attempt.saturating_add(1);
@@ -429,6 +485,18 @@ impl Forwarder {
                 _ = self.deadline.passed() => return Outcome::Abandoned,
             }
         }
+    }
+
+    /// Moves to the next aggregator after a failure, and returns the wait before the next
+    /// attempt: the backoff grows once per round over every aggregator, not once per attempt.
+    fn fail_over(&mut self, attempt: u32) -> Duration {
+        let from = self.sender.url().clone();
+        if !self.sender.fail_over() {
+            return self.backoff(attempt);
+        }
+        self.metrics.failovers.fetch_add(1, Relaxed);
+        info!(from = %from, to = %self.sender.url(), "Switching to the next aggregator");
+        self.backoff(attempt / self.sender.urls.len() as u32)
     }
 
     /// Capped exponential backoff with full jitter.

@@ -29,6 +29,7 @@ mod rules;
 mod sealed;
 mod stats;
 mod tailer;
+mod tls;
 mod watcher;
 
 #[cfg(test)]
@@ -46,12 +47,13 @@ use tracing::{info, warn};
 
 pub use checkpoint::CheckpointError;
 pub use config::{
-    AgentConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig, OutputConfig,
-    ReadFrom,
+    AgentConfig, AgentTlsConfig, CompressionConfig, ConfigError, ConfigProblem, FormatConfig,
+    OutputConfig, ReadFrom,
 };
 pub use ferry_parsers::RuleError;
 pub use rules::RulesError;
 pub use stats::StatsTargets;
+pub use tls::TlsError;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot start the tailer thread: {0}")]
     Thread(std::io::Error),
     /// The start-up work on the blocking pool (rules, data directory, checkpoint) panicked, or
@@ -118,6 +122,7 @@ pub struct AgentHandle {
 /// the forwarder task. Call inside a multi-thread tokio runtime.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
     config.validate()?;
+    let tls = tls::client_config(&config.tls.clone().unwrap_or_default())?;
     // Compiling the rules' regexes, reading the checkpoint and writing it (with fsync) block:
     // they run on the blocking pool, not on the async worker that awaits `start`.
     let (dirs, parser, data_dir) = (
@@ -214,13 +219,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, StartError> {
         .map_err(StartError::Thread)?;
     let forwarder = forward::Forwarder::new(
         &config,
+        tls,
         loaded.checkpointer,
         metrics.clone(),
         shutdown_rx.clone(),
     );
     let forwarder = tokio::spawn(forwarder.run(rx));
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown_rx));
-    info!(aggregator = %config.aggregator_url, metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
+    info!(aggregator = %config.urls().join(", "), metrics = %metrics_addr, data_dir = %config.data_dir.display(), "Agent started");
     if config.output == OutputConfig::Discard {
         warn!("output = \"discard\": records are read, parsed and encoded, then dropped; nothing is delivered and checkpoints advance as if it were");
     }

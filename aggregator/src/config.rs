@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertsConfig;
 use crate::elasticsearch::ElasticsearchConfig;
 use crate::queue::ENTRY_OVERHEAD_BYTES;
+use crate::tls::TlsConfig;
 
 /// Configuration of `ferry aggregator`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,14 +22,30 @@ pub struct AggregatorConfig {
     /// Address the ingest, metrics and health endpoints listen on. Default `127.0.0.1:7480`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Bearer token agents must send (`Authorization: Bearer <token>`). Default none: no
-    /// authentication (only sensible on a loopback or otherwise private address).
+    /// Bearer token agents must send (`Authorization: Bearer <token>`). The tokens accepted are
+    /// this one, `tokens`, the lines of `token_file` and the value of `token_env` together; with
+    /// none of them set there is no authentication (only sensible on a loopback or otherwise
+    /// private address). Prefer `token_file` or `token_env`: a secret does not belong in a
+    /// configuration file. Default none.
     #[serde(default)]
     pub token: Option<String>,
-    /// File holding the token (a mounted Docker or Kubernetes secret), read once at start,
-    /// surrounding whitespace trimmed; not with `token`. Default none.
+    /// Several accepted tokens at once, for rotation without downtime (add the new token, move
+    /// the agents over, remove the old one, SIGHUP). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    /// File holding the accepted tokens (a mounted Docker or Kubernetes secret), one per line;
+    /// blank lines and lines starting with `#` are skipped, surrounding whitespace trimmed. Read
+    /// at start and again on SIGHUP (a file that no longer reads, or holds no token, keeps the
+    /// tokens in use). Default none.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding one accepted token, read at start. Default none.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// TLS on the listener (see [`TlsConfig`]): `cert_file`, `key_file`, and for mTLS
+    /// `client_ca_file` and `client_allowlist`. Default none: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// Directory holding the durable queue (`queue/`) and the local store (`store/`).
     /// Default `/var/lib/ferry/aggregator`.
     #[serde(default = "default_data_dir")]
@@ -163,7 +180,10 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             listen: default_listen(),
             token: None,
+            tokens: Vec::new(),
             token_file: None,
+            token_env: None,
+            tls: None,
             data_dir: default_data_dir(),
             max_body_bytes: default_max_body_bytes(),
             max_decompressed_bytes: default_max_decompressed_bytes(),
@@ -190,14 +210,36 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Reads the secret in `file` into `value` (the field `<field>_file` names it), surrounding
-/// whitespace trimmed; a problem when it cannot, or when both are set.
+/// Reads the secret in `file` (the field `<field>_file` names it), or in the environment
+/// variable `env` names (`<field>_env`), into `value`, surrounding whitespace trimmed; a problem
+/// when it cannot, or when more than one source is set. Problems name the file or the variable,
+/// never the secret.
 fn resolve_secret(
     field: &str,
     value: &mut Option<String>,
     file: &Option<PathBuf>,
+    env: &Option<String>,
     out: &mut Vec<ConfigError>,
 ) {
+    if let Some(var) = env {
+        let mut bad = |reason: String| {
+            out.push(ConfigError {
+                field: format!("{field}_env"),
+                value: format!("{var:?}"),
+                reason,
+            })
+        };
+        if value.is_some() || file.is_some() {
+            return bad(format!(
+                "set one of `{field}`, `{field}_file` and `{field}_env`, not several"
+            ));
+        }
+        match std::env::var(var) {
+            Ok(text) if !text.trim().is_empty() => *value = Some(text.trim().to_string()),
+            _ => bad("the environment variable is not set or empty".into()),
+        }
+        return;
+    }
     let Some(path) = file else {
         return;
     };
@@ -231,12 +273,74 @@ impl AggregatorConfig {
         }
     }
 
-    /// Takes in what the configuration names outside itself: the secrets in `token_file` and in
-    /// each Elasticsearch sink's `password_file` and `api_key_file` become `token`, `password`
-    /// and `api_key`. Returns every problem, each with its field; run [`Self::problems`] afterwards.
+    /// Every bearer token agents may send: `token`, `tokens`, the lines of `token_file` and the
+    /// value of `token_env`, read now (at start and on each reload). Empty: no authentication.
+    /// Problems name the file, its line or the variable, never a token.
+    pub fn read_tokens(&self) -> Result<Vec<String>, Vec<ConfigError>> {
+        let mut tokens: Vec<String> = self.token.iter().chain(&self.tokens).cloned().collect();
+        let mut out = Vec::new();
+        let unfit = |t: &str| t.chars().any(|c| c.is_whitespace() || c.is_control());
+        if let Some(path) = &self.token_file {
+            let bad = |reason: String| ConfigError {
+                field: "token_file".into(),
+                value: format!("{:?}", path.display().to_string()),
+                reason,
+            };
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let before = tokens.len();
+                    for (i, line) in text.lines().enumerate() {
+                        let line = line.trim();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        if unfit(line) {
+                            out.push(bad(format!(
+                                "line {}: a token must not contain whitespace or control characters",
+                                i + 1
+                            )));
+                        } else {
+                            tokens.push(line.to_string());
+                        }
+                    }
+                    if tokens.len() == before && out.is_empty() {
+                        out.push(bad("holds no token".into()));
+                    }
+                }
+                Err(e) => out.push(bad(format!("cannot read it: {e}"))),
+            }
+        }
+        if let Some(var) = &self.token_env {
+            let bad = |reason: &str| ConfigError {
+                field: "token_env".into(),
+                value: format!("{var:?}"),
+                reason: reason.into(),
+            };
+            match std::env::var(var) {
+                Ok(v) if unfit(v.trim()) => out.push(bad(
+                    "the token must not contain whitespace or control characters",
+                )),
+                Ok(v) if !v.trim().is_empty() => tokens.push(v.trim().to_string()),
+                _ => out.push(bad("the environment variable is not set or empty")),
+            }
+        }
+        if out.is_empty() {
+            Ok(tokens)
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Takes in what the configuration names outside itself: each Elasticsearch sink's
+    /// `password_file`/`password_env` and `api_key_file`/`api_key_env` become `password` and
+    /// `api_key`; the token sources are read to report their problems (the server reads them
+    /// again at start and on SIGHUP, see [`Self::read_tokens`]). Returns every problem, each
+    /// with its field; run [`Self::problems`] afterwards.
     pub fn resolve(&mut self) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        resolve_secret("token", &mut self.token, &self.token_file, &mut out);
+        if let Err(problems) = self.read_tokens() {
+            out.extend(problems);
+        }
         let one_sink = self.sinks.is_empty();
         let at = |i: usize, field: &str| match one_sink {
             true => format!("sink.{field}"),
@@ -251,13 +355,25 @@ impl AggregatorConfig {
         for (i, sink) in list.iter_mut().enumerate() {
             if let SinkConfig::Elasticsearch(es) = sink {
                 let es = &mut **es;
-                named.push((i, "password", &mut es.password, &es.password_file));
-                named.push((i, "api_key", &mut es.api_key, &es.api_key_file));
+                named.push((
+                    i,
+                    "password",
+                    &mut es.password,
+                    &es.password_file,
+                    &es.password_env,
+                ));
+                named.push((
+                    i,
+                    "api_key",
+                    &mut es.api_key,
+                    &es.api_key_file,
+                    &es.api_key_env,
+                ));
             }
         }
-        for (i, field, value, file) in named {
+        for (i, field, value, file, env) in named {
             let mut problems = Vec::new();
-            resolve_secret(field, value, file, &mut problems);
+            resolve_secret(field, value, file, env, &mut problems);
             out.extend(problems.into_iter().map(|mut p| {
                 p.field = at(i, &p.field);
                 p
@@ -284,15 +400,22 @@ impl AggregatorConfig {
                 reason,
             })
         };
-        if let Some(token) = &self.token {
+        let inline = self.token.iter().map(|t| ("token".to_string(), t));
+        let listed = (self.tokens.iter().enumerate()).map(|(i, t)| (format!("tokens[{i}]"), t));
+        for (field, token) in inline.chain(listed) {
             if token.trim().is_empty() {
-                bad("token", "\"\"".into(), "an empty token would let anyone in; remove the field to disable authentication".into());
+                bad(&field, "\"\"".into(), "an empty token would let anyone in; remove the field to disable authentication".into());
             } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 bad(
-                    "token",
+                    &field,
                     "(hidden)".into(),
                     "must not contain whitespace or control characters".into(),
                 );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (field, value, reason) in tls.problems() {
+                bad(&format!("tls.{field}"), value, reason);
             }
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -501,6 +624,98 @@ mod tests {
 }
 
 #[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_every_source_and_problems_never_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(
+            &file,
+            "# rotation: new first
+  new-tok
+
+old-tok
+",
+        )
+        .unwrap();
+        std::env::set_var("FERRY_AGG_TEST_TOKEN", "env-tok");
+        let config = AggregatorConfig {
+            tokens: vec!["listed-tok".into()],
+            token_file: Some(file.clone()),
+            token_env: Some("FERRY_AGG_TEST_TOKEN".into()),
+            ..AggregatorConfig::default()
+        };
+        assert_eq!(
+            config.read_tokens().unwrap(),
+            ["listed-tok", "new-tok", "old-tok", "env-tok"]
+        );
+
+        std::fs::write(
+            &file,
+            "good-tok
+bad tok-with-space
+",
+        )
+        .unwrap();
+        let config = AggregatorConfig {
+            token_file: Some(file.clone()),
+            token_env: Some("FERRY_AGG_TEST_UNSET".into()),
+            tokens: vec!["x y-listed".into()],
+            ..AggregatorConfig::default()
+        };
+        let problems = config.read_tokens().unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{text:?}");
+        assert!(text[0].contains("line 2"), "{text:?}");
+        assert!(text[1].contains("FERRY_AGG_TEST_UNSET"), "{text:?}");
+        let listed = config.problems();
+        assert_eq!(listed[0].field, "tokens[0]");
+        for text in text.iter().chain([&listed[0].to_string()]) {
+            assert!(
+                !text.contains("tok-with") && !text.contains("y-listed"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_table_is_checked_field_by_field() {
+        let config: AggregatorConfig = toml::from_str(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_allowlist = [\"agent-1\", \"\"]\n",
+        )
+        .unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.reload_interval_ms, 10_000);
+        let fields: Vec<String> = config.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["tls.client_allowlist", "tls.client_allowlist[1]"]);
+        let err = toml::from_str::<AggregatorConfig>("[tls]\ncert_file = \"/c\"\n").unwrap_err();
+        assert!(err.to_string().contains("key_file"), "{err}");
+    }
+
+    #[test]
+    fn es_secrets_come_from_the_environment() {
+        std::env::set_var("FERRY_AGG_TEST_ES_PASSWORD", "es-pass");
+        let mut config: AggregatorConfig = toml::from_str(
+            "sink = { type = \"elasticsearch\", username = \"ferry\", password_env = \"FERRY_AGG_TEST_ES_PASSWORD\" }",
+        )
+        .unwrap();
+        assert_eq!(config.resolve(), []);
+        let SinkConfig::Elasticsearch(es) = &config.sink else {
+            panic!("an Elasticsearch sink")
+        };
+        assert_eq!(es.password.as_deref(), Some("es-pass"));
+        let mut both: AggregatorConfig = toml::from_str(
+            "sink = { type = \"elasticsearch\", api_key = \"k\", api_key_env = \"FERRY_AGG_TEST_ES_PASSWORD\" }",
+        )
+        .unwrap();
+        let problems = both.resolve();
+        assert_eq!(problems[0].field, "sink.api_key_env", "{problems:?}");
+    }
+}
+
+#[cfg(test)]
 mod sinks_tests {
     use super::*;
 
@@ -581,7 +796,7 @@ mod sinks_tests {
             ..AggregatorConfig::default()
         };
         assert_eq!(config.resolve(), []);
-        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        assert_eq!(config.read_tokens().unwrap(), ["s3cret"]);
 
         let missing = dir.path().join("missing");
         let problems = AggregatorConfig {
@@ -594,13 +809,13 @@ mod sinks_tests {
         let text = problems[0].to_string();
         assert!(text.contains(&*missing.to_string_lossy()), "{text}");
 
-        let problems = AggregatorConfig {
+        // Every source counts: the inline token and the file's lines are all accepted.
+        let both = AggregatorConfig {
             token: Some("inline".into()),
             token_file: Some(secret.clone()),
             ..AggregatorConfig::default()
-        }
-        .resolve();
-        assert!(problems[0].to_string().contains("not both"), "{problems:?}");
+        };
+        assert_eq!(both.read_tokens().unwrap(), ["inline", "s3cret"]);
 
         // An Elasticsearch sink's password and API key, from their files, named by position.
         let key = dir.path().join("es_api_key");

@@ -23,6 +23,7 @@ mod sink;
 mod sink_metrics;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ pub use elasticsearch::{ElasticsearchConfig, EsStartError, RequestCompression};
 pub use local::StoreError;
 pub use queue::QueueError;
 pub use search::{parse_time_bound, search, SearchError, SearchQuery, TimeBoundError};
+pub use tls::{TlsConfig, TlsError};
 
 use elasticsearch::EsSink;
 use metrics::Metrics;
@@ -72,6 +74,8 @@ pub enum StartError {
     Elasticsearch(#[from] EsStartError),
     #[error("cannot start the alert engine: {0}")]
     Alerts(#[from] AlertsError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot start the sink thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -110,6 +114,8 @@ pub struct AggregatorHandle {
     server: Option<tokio::task::JoinHandle<()>>,
     alerts: Option<Arc<alerts::Engine>>,
     sinks: Vec<JoinHandle<()>>,
+    ingest: Arc<server::Ingest>,
+    config: AggregatorConfig,
 }
 
 /// Starts the aggregator: binds the listener, checks Elasticsearch clusters, opens (and
@@ -117,6 +123,17 @@ pub struct AggregatorHandle {
 /// multi-thread tokio runtime.
 pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartError> {
     config.validate()?;
+    let tokens = config.read_tokens().map_err(|problems| {
+        StartError::Config(problems.into_iter().next().unwrap_or_else(|| ConfigError {
+            field: "token".into(),
+            value: String::new(),
+            reason: "unreadable".into(),
+        }))
+    })?;
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(tls::Tls::open(tls)?)),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -130,6 +147,9 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
     let metrics = Arc::new(Metrics::with_stats_grace(Duration::from_secs(
         config.stats_grace_seconds,
     )));
+    if let Some(tls) = &tls {
+        metrics.set_tls(Arc::clone(tls));
+    }
     let sink_configs = config.sink_list();
     let mut bootstrapped = Vec::new();
     for sink in &sink_configs {
@@ -191,8 +211,10 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         }
         None => None,
     };
+    let auth = tokens.len();
     let ingest = Arc::new(server::Ingest {
-        token: config.token.clone(),
+        tokens: std::sync::RwLock::new(Arc::new(server::Tokens::new(&tokens))),
+        tls: tls.clone(),
         max_body_bytes: config.max_body_bytes,
         max_decompressed_bytes: config.max_decompressed_bytes,
         retry_after_seconds: config.retry_after_seconds,
@@ -204,11 +226,21 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
     if let Some(engine) = &engine {
         tokio::spawn(Arc::clone(engine).run(stopped.clone()));
     }
-    let server = tokio::spawn(server::serve(listener, ingest, stopped));
+    if let Some(tls) = &tls {
+        tokio::spawn(Arc::clone(tls).watch(stopped.clone()));
+    }
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&ingest),
+        config.clone(),
+        stopped.clone(),
+    ));
+    let server = tokio::spawn(server::serve(listener, Arc::clone(&ingest), stopped));
     info!(
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
-        auth = config.token.is_some(),
+        tokens = auth,
+        tls = tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
         sinks = threads.len(),
         "Aggregator listening"
     );
@@ -220,7 +252,67 @@ pub async fn start(config: AggregatorConfig) -> Result<AggregatorHandle, StartEr
         server: Some(server),
         alerts: engine,
         sinks: threads,
+        ingest,
+        config,
     })
+}
+
+/// On SIGHUP, reads the tokens and the TLS files again (the alert engine reloads its rules on
+/// its own), until shutdown.
+async fn reload_on_hangup(
+    ingest: Arc<server::Ingest>,
+    config: AggregatorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("Cannot listen for SIGHUP; tokens and certificates are reloaded only when their files change");
+        return;
+    };
+    let stop = async move {
+        // The guard `wait_for` returns is not Send: drop it before any further await.
+        let _ = shutdown.wait_for(|&stop| stop).await.map(drop);
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let (ingest, config) = (Arc::clone(&ingest), config.clone());
+                let _ = tokio::task::spawn_blocking(move || reload_credentials(&ingest, &config)).await;
+            }
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Reads the token sources and the TLS files again; what does not read keeps what is in use
+/// (and a token set that would become empty is refused: that would switch authentication off).
+/// Returns every problem.
+fn reload_credentials(ingest: &server::Ingest, config: &AggregatorConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    match config.read_tokens() {
+        Ok(tokens) if tokens.is_empty() && !ingest.tokens_in_use().is_empty() => {
+            warn!("The token sources hold no token now; keeping the tokens in use (remove the token settings and restart to switch authentication off)");
+            problems.push("the token sources hold no token".to_string());
+        }
+        Ok(tokens) => {
+            *ingest.tokens.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(server::Tokens::new(&tokens));
+            info!(tokens = tokens.len(), "Tokens reloaded");
+        }
+        Err(errors) => {
+            for e in errors {
+                warn!(error = %e, "Token reload failed; keeping the tokens in use");
+                problems.push(e.to_string());
+            }
+        }
+    }
+    if let Some(tls) = &ingest.tls {
+        if let Err(e) = tls.reload() {
+            problems.push(e.to_string());
+        }
+    }
+    problems
 }
 
 /// A sink opened and ready to run.
@@ -337,6 +429,17 @@ impl AggregatorHandle {
         match &self.alerts {
             Some(engine) => engine.reload(),
             None => Ok(()),
+        }
+    }
+
+    /// Reads the tokens and the TLS certificate files again (what SIGHUP does besides reloading
+    /// the alert rules); on any problem what is in use stays, and the problems are returned.
+    pub fn reload_credentials(&self) -> Result<(), Vec<String>> {
+        let problems = reload_credentials(&self.ingest, &self.config);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
         }
     }
 

@@ -15,7 +15,7 @@ use ferry_wire::DurationHistogram;
 const BUCKETS_SECONDS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 /// The HTTP status codes `ferry_ingest_requests_total` distinguishes (anything else is `other`).
-const CODES: [u16; 9] = [200, 400, 401, 404, 405, 413, 415, 500, 503];
+const CODES: [u16; 10] = [200, 400, 401, 403, 404, 405, 413, 415, 500, 503];
 
 /// Why an ingest request was refused (`ferry_ingest_errors_total{error_type}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub(crate) struct Metrics {
     pub(crate) log_lines: crate::alerts::LogLines,
     /// The alert engine's counters (set when alerts are configured).
     alerts: std::sync::OnceLock<std::sync::Arc<crate::alerts::AlertMetrics>>,
+    /// The TLS counters (set when TLS is configured).
+    tls: std::sync::OnceLock<std::sync::Arc<crate::tls::Tls>>,
     /// Each sink's own metrics (set once the sinks start).
     sinks: std::sync::OnceLock<Vec<std::sync::Arc<crate::sink_metrics::SinkMetrics>>>,
 }
@@ -152,6 +154,11 @@ impl Metrics {
     /// Registers the alert engine's counters (once, at start).
     pub(crate) fn set_alerts(&self, alerts: std::sync::Arc<crate::alerts::AlertMetrics>) {
         let _ = self.alerts.set(alerts);
+    }
+
+    /// Registers the TLS side's counters (once, at start).
+    pub(crate) fn set_tls(&self, tls: std::sync::Arc<crate::tls::Tls>) {
+        let _ = self.tls.set(tls);
     }
 
     /// The sinks' metrics.
@@ -304,6 +311,9 @@ impl Metrics {
         self.log_lines.render(&mut out);
         if let Some(alerts) = self.alerts.get() {
             alerts.render(&mut out);
+        }
+        if let Some(tls) = self.tls.get() {
+            tls.metrics.render(&mut out);
         }
         self.containers.render(&mut out);
         out

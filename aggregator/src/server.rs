@@ -31,16 +31,62 @@ use tracing::{debug, warn};
 
 use crate::metrics::{IngestError, Metrics};
 use crate::queue::{Queue, QueueError};
+use crate::tls::Peer;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
+/// The bearer tokens accepted, as SHA-256 digests: every presented token is hashed and compared
+/// with each digest in constant time, so neither the comparison nor the tokens' lengths show in
+/// the time taken. Empty: no authentication.
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl Tokens {
+    pub(crate) fn new(tokens: &[String]) -> Tokens {
+        Tokens {
+            digests: tokens.iter().map(|t| sha256(t.as_bytes())).collect(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens (every digest is compared, match or not).
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let digest = sha256(presented);
+        self.digests
+            .iter()
+            .fold(false, |found, d| found | constant_time_eq(&digest, d))
+    }
+}
+
+impl Ingest {
+    /// The tokens accepted now.
+    pub(crate) fn tokens_in_use(&self) -> Arc<Tokens> {
+        Arc::clone(&self.tokens.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// What request handlers share.
 #[derive(Debug)]
 pub(crate) struct Ingest {
-    pub(crate) token: Option<String>,
+    /// Replaced whole on reload (SIGHUP).
+    pub(crate) tokens: std::sync::RwLock<Arc<Tokens>>,
+    /// TLS on the listener, when configured.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_decompressed_bytes: usize,
     pub(crate) retry_after_seconds: u64,
@@ -97,15 +143,48 @@ pub(crate) async fn serve(
     }
 }
 
+/// One connection: the TLS handshake when TLS is on (within [`HEADER_READ_TIMEOUT`]), then
+/// HTTP/1.1 until the client leaves or shutdown.
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     ingest: Arc<Ingest>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let Some(tls) = ingest.tls.clone() else {
+        return serve_http(stream, peer, Peer::default(), ingest, shutdown).await;
+    };
+    let accepted = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(stream)).await;
+    match accepted {
+        Ok(Ok(stream)) => {
+            let client = tls.peer(stream.get_ref().1);
+            serve_http(stream, peer, client, ingest, shutdown).await
+        }
+        Ok(Err(e)) => {
+            tls.metrics.handshake_failed();
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            tls.metrics.handshake_failed();
+            debug!(peer = %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    client: Peer,
+    ingest: Arc<Ingest>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Arc::new(client);
     let service = service_fn(move |req| {
         let ingest = Arc::clone(&ingest);
-        async move { Ok::<_, Infallible>(route(&ingest, req).await) }
+        let client = Arc::clone(&client);
+        async move { Ok::<_, Infallible>(route(&ingest, &client, req).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -128,12 +207,19 @@ async fn connection(
     }
 }
 
-async fn route(ingest: &Ingest, req: Request<Incoming>) -> Response<Body> {
+async fn route(ingest: &Ingest, client: &Peer, req: Request<Incoming>) -> Response<Body> {
+    if let Some(reason) = &client.refused {
+        ingest.metrics.request(StatusCode::FORBIDDEN.as_u16());
+        return error(StatusCode::FORBIDDEN, reason);
+    }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/batches") => {
             let started = Instant::now();
             let response = match accept_batch(ingest, req).await {
                 Ok(accepted) => {
+                    if let (Some(tls), Some(identity)) = (&ingest.tls, &client.identity) {
+                        tls.metrics.client_batch(identity);
+                    }
                     ingest.metrics.observe_ingest(started.elapsed());
                     json(StatusCode::OK, serde_json::json!({ "accepted": accepted }))
                 }
@@ -253,8 +339,9 @@ impl Reject {
 
 /// Checks, reads, decodes and durably queues one batch; returns the records it held.
 async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, Reject> {
-    if let Some(token) = &ingest.token {
-        check_token(token, req.headers().get(hyper::header::AUTHORIZATION))?;
+    let tokens = ingest.tokens_in_use();
+    if !tokens.is_empty() {
+        check_token(&tokens, req.headers().get(hyper::header::AUTHORIZATION))?;
     }
     let encoding = match req.headers().get(hyper::header::CONTENT_ENCODING) {
         None => None,
@@ -317,7 +404,7 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
     Ok(logs + stats)
 }
 
-fn check_token(token: &str, header: Option<&HeaderValue>) -> Result<(), Reject> {
+fn check_token(tokens: &Tokens, header: Option<&HeaderValue>) -> Result<(), Reject> {
     let header = header.ok_or(Reject::Unauthorized(
         "missing Authorization header (expected: Bearer <token>)",
     ))?;
@@ -332,7 +419,7 @@ fn check_token(token: &str, header: Option<&HeaderValue>) -> Result<(), Reject> 
             "Authorization header is not a Bearer token",
         ));
     }
-    if !constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
+    if !tokens.accepts(presented.trim().as_bytes()) {
         return Err(Reject::Unauthorized("invalid bearer token"));
     }
     Ok(())

@@ -17,5 +17,6 @@ mod edges;
 mod elasticsearch;
 mod pipeline;
 mod rules;
+mod tls;
 mod util;
 mod workload;

@@ -45,10 +45,13 @@ pub(crate) enum SendError {
     Rejected,
     TooLarge,
     UnexpectedStatus,
+    /// The TLS handshake or session failed (wrong CA, expired certificate, host-name mismatch,
+    /// refused client certificate).
+    Tls,
 }
 
 impl SendError {
-    const ALL: [SendError; 10] = [
+    const ALL: [SendError; 11] = [
         SendError::Connect,
         SendError::Transport,
         SendError::Timeout,
@@ -59,6 +62,7 @@ impl SendError {
         SendError::Rejected,
         SendError::TooLarge,
         SendError::UnexpectedStatus,
+        SendError::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl SendError {
             SendError::Rejected => "rejected",
             SendError::TooLarge => "too_large",
             SendError::UnexpectedStatus => "unexpected_status",
+            SendError::Tls => "tls",
         }
     }
 }
@@ -146,6 +151,8 @@ pub(crate) struct Metrics {
     pub lines_truncated: AtomicU64,
     pub records_sent: AtomicU64,
     pub batches_sent: AtomicU64,
+    /// Switches to the next aggregator URL after a failure.
+    pub failovers: AtomicU64,
     /// `output = "discard"`: what was built and dropped.
     pub records_discarded: AtomicU64,
     pub batches_discarded: AtomicU64,
@@ -253,6 +260,12 @@ impl Metrics {
             "counter",
             "Batches acknowledged by the aggregator.",
             self.batches_sent.load(Relaxed),
+        );
+        simple(
+            "ferry_agent_aggregator_failovers_total",
+            "counter",
+            "Switches to the next of several aggregator URLs after a failed send.",
+            self.failovers.load(Relaxed),
         );
         simple(
             "ferry_agent_records_discarded_total",

@@ -48,6 +48,10 @@ pub struct ElasticsearchConfig {
     /// not with `password`. Default none.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the password, read once at start; not with
+    /// `password` or `password_file`. Default none.
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// API key, as the `encoded` value Elasticsearch returns (base64 of `id:key`), sent as
     /// `Authorization: ApiKey <api_key>`. Not together with `username`. Default none.
     #[serde(default)]
@@ -56,6 +60,10 @@ pub struct ElasticsearchConfig {
     /// not with `api_key`. Default none.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the API key, read once at start; not with
+    /// `api_key` or `api_key_file`. Default none.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
     /// PEM file of the certificate authorities to trust for `https://` URLs (in addition to the
     /// system's). Default none.
     #[serde(default)]
@@ -185,8 +193,10 @@ impl Default for ElasticsearchConfig {
             username: None,
             password: None,
             password_file: None,
+            password_env: None,
             api_key: None,
             api_key_file: None,
+            api_key_env: None,
             ca_file: None,
             tls_insecure_skip_verify: false,
             request_timeout_ms: default_request_timeout_ms(),
