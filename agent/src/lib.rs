@@ -21,6 +21,8 @@ mod docker;
 mod enrich;
 mod fingerprint;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod metrics;
 mod multiline;
 mod rotated;
