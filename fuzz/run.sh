@@ -29,16 +29,18 @@ failed=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus-new/$t" "artifacts/$t"
   log="artifacts/$t/last-run.log"
+  started=$SECONDS
   set +e
   cargo +nightly fuzz run -s none "$t" "corpus-new/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -max_len=65536 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
+  took=$((SECONDS - started))
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
   crashes=$(find "artifacts/$t" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
   new=$(find "corpus-new/$t" -type f | wc -l)
-  echo "$t: ${seconds}s, ${execs:-0} executions, $new new corpus inputs, $crashes crash/timeout/oom files, exit $rc"
+  echo "$t: ${took}s, ${execs:-0} executions, $new new corpus inputs, $crashes crash/timeout/oom files, exit $rc"
   if [ "$rc" -ne 0 ]; then
     failed=1
     grep -m1 -A12 -E '^thread .* panicked|==ERROR|SUMMARY' "$log" || tail -20 "$log"

@@ -826,7 +826,7 @@ fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchErro
         };
         if found <= header.logs {
             let log = if header.ferry == 1 {
-                v1_log(&data, range, &mut sources)
+                v1_log(&data, range, &mut sources, check_utf8)
             } else {
                 v2_log(&data, range, header.sources, check_utf8)
             };
@@ -873,12 +873,20 @@ fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchErro
     })
 }
 
-/// A version 1 log record: parsed for its keys; its fingerprint joins `sources`.
+/// A version 1 log record: parsed for its keys; its fingerprint joins `sources`. With
+/// `check_utf8`, the whole record must be UTF-8: serde_json does not check the strings it
+/// skips (the message, the parsed fields), and a store or Elasticsearch must never get a record
+/// that is not (found by the `batch` fuzz target).
 fn v1_log(
     data: &[u8],
     line: Range<usize>,
     sources: &mut Vec<Source>,
+    check_utf8: bool,
 ) -> Result<DecodedLog, String> {
+    if check_utf8 {
+        std::str::from_utf8(&data[line.clone()])
+            .map_err(|e| format!("record is not UTF-8: {e}"))?;
+    }
     let keys: RecordKeys<'_> =
         serde_json::from_slice(&data[line.clone()]).map_err(|e| format!("bad log record: {e}"))?;
     let fingerprint = keys.log.file.fingerprint;
@@ -1392,6 +1400,28 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
+    }
+
+    /// Fuzzing found it (`batch` target): serde_json skips the strings a version 1 record's
+    /// keys do not need without checking their UTF-8, so such a record was queued.
+    #[test]
+    fn version_1_record_with_invalid_utf8_in_its_message_is_refused() {
+        let mut b = BatchBuilder::with_version("node", 1);
+        b.push_log(&record(1));
+        b.push_log(&record(2));
+        let body = b.finish(Compression::None).body;
+        let at = memchr::memmem::rfind(&body, b"\"message\":\"").unwrap() + 11;
+        let mut bad = body.clone();
+        bad[at] = 0xa1;
+        let err = decode_batch(&bad, Compression::None, 1 << 20).unwrap_err();
+        match err {
+            BatchError::Line { line, reason } => {
+                assert_eq!(line, 3);
+                assert!(reason.contains("not UTF-8"), "{reason}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(decode_batch(&body, Compression::None, 1 << 20).is_ok());
     }
 
     #[test]
