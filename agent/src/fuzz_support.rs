@@ -36,7 +36,12 @@ fn decode(format: Format, data: &[u8]) {
     let mut decoder = Decoder::new(format, max);
     let mut last: Option<u64> = None;
     let mut check = |d: Decoded<'_>, oldest: u64| {
-        assert!(d.start <= d.offset, "start {} after offset {}", d.start, d.offset);
+        assert!(
+            d.start <= d.offset,
+            "start {} after offset {}",
+            d.start,
+            d.offset
+        );
         assert!(
             d.start >= oldest,
             "start {} before the oldest unsettled line {oldest}",
@@ -136,8 +141,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fuzz/corpus")
             .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
         let mut replayed = 0;
         for entry in entries {
             let path = entry.expect("corpus entry").path();

@@ -140,7 +140,10 @@ pub fn alert_rules(data: &[u8]) {
         container_memory_working_set_bytes{name=\"web\",namespace=\"shop\"} 5e8\n\
         container_spec_memory_limit_bytes{name=\"web\",namespace=\"shop\"} 1e9\n\
         up{job=\"ferry\"} 1\n";
-    for (round, t_ms) in [0i64, 15_000, 30_000, 45_000, 600_000].into_iter().enumerate() {
+    for (round, t_ms) in [0i64, 15_000, 30_000, 45_000, 600_000]
+        .into_iter()
+        .enumerate()
+    {
         let page = page.replace(" 10\n", &format!(" {}\n", 10 + round * 7));
         evaluator.step(&page, t_ms);
     }
@@ -158,8 +161,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fuzz/corpus")
             .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
         let mut replayed = 0;
         for entry in entries {
             let path = entry.expect("corpus entry").path();

@@ -65,9 +65,12 @@ fn check_selection(selection: &Selection, message: &str, name: &str) {
     let mut scratch = Scratch::new();
     selection.apply_typed(&mut typed, &mut scratch);
     let mut json = Vec::new();
-    write_log_record(&mut json, &typed, &mut Escapes::default(), |out, escapes| {
-        selection.write_fields(&scratch, &typed, escapes, out)
-    });
+    write_log_record(
+        &mut json,
+        &typed,
+        &mut Escapes::default(),
+        |out, escapes| selection.write_fields(&scratch, &typed, escapes, out),
+    );
     let written: Value = serde_json::from_slice(&json).unwrap_or_else(|e| {
         panic!(
             "rule {name}: the agent's record is not JSON ({e}): {}",
@@ -150,8 +153,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fuzz/corpus")
             .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
         let mut replayed = 0;
         for entry in entries {
             let path = entry.expect("corpus entry").path();
