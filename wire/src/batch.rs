@@ -950,7 +950,7 @@ fn v2_log(
         || !record
             .get(at..)
             .is_some_and(|r| r.starts_with(offset_member))
-        || !matches!(record[at - 1], b'{' | b',')
+        || !opens_log(record, at)
     {
         return Err(format!("position {at} is not where log.offset begins"));
     }
@@ -982,6 +982,24 @@ fn v2_log(
         id: Text::Raw(shift(id.start..id.end)),
         timestamp: Text::Raw(shift(timestamp)),
         split: Some((at as u32, (end + 1) as u32)),
+    })
+}
+
+/// Whether `log.offset` at `at` is a member of the record's `log` object: right after
+/// `,"log":{`, or after `,"log":{"level":"…",` (a frame whose offset sat in another object was
+/// taken before: found by the `batch` fuzz target).
+fn opens_log(record: &[u8], at: usize) -> bool {
+    const LOG: &[u8] = b",\"log\":{";
+    const LEVEL: &[u8] = b"\"level\":";
+    let before = &record[..at];
+    if before.ends_with(LOG) {
+        return true;
+    }
+    memchr::memmem::rfind(before, LOG).is_some_and(|p| {
+        let level = p + LOG.len();
+        record[level..].starts_with(LEVEL)
+            && string_end(record, level + LEVEL.len()) == Some(at - 1)
+            && record[at - 1] == b','
     })
 }
 
@@ -1422,6 +1440,20 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         assert!(decode_batch(&body, Compression::None, 1 << 20).is_ok());
+    }
+
+    /// Fuzzing found it (`batch` target): the frame check took an offset member of an object
+    /// other than `log`, so the record was stored without `log.file` and `log.offset` where
+    /// they belong.
+    #[test]
+    fn version_2_offset_outside_the_log_object_is_refused() {
+        let mut b = BatchBuilder::new("node");
+        b.push_log(&record(1));
+        let body = String::from_utf8(b.finish(Compression::None).body).unwrap();
+        assert!(decode_batch(body.as_bytes(), Compression::None, 1 << 20).is_ok());
+        let bad = body.replacen("\"log\":{", "\"hos\":{", 1);
+        let err = decode_batch(bad.as_bytes(), Compression::None, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("log.offset"), "{err}");
     }
 
     #[test]
