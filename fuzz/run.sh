@@ -36,7 +36,9 @@ for t in "${targets[@]}"; do
     -max_len=65536 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
-  took=$((SECONDS - started))
+  # libFuzzer's own figure when it finished (the wall time also holds any rebuild).
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*' \
+    || echo "$((SECONDS - started)) wall")
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
   crashes=$(find "artifacts/$t" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
   new=$(find "corpus-new/$t" -type f | wc -l)
