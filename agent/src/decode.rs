@@ -344,10 +344,12 @@ impl<'a> CriLine<'a> {
     }
 }
 
-/// RFC 3339 in any offset → RFC 3339 UTC; a `…Z` input is returned as it is.
+/// RFC 3339 in any offset → RFC 3339 UTC; a `…Z` input with a `T` is returned as it is (RFC
+/// 3339 also allows `t`, `z` and a space, which Elasticsearch's date format does not take: such
+/// times are written out again; found by the `decode_docker` fuzz target).
 pub(crate) fn normalize_time(time: &str) -> Option<Cow<'_, str>> {
     let parsed = DateTime::parse_from_rfc3339(time).ok()?;
-    if time.ends_with('Z') {
+    if time.ends_with('Z') && time.as_bytes().get(10) == Some(&b'T') {
         Some(Cow::Borrowed(time))
     } else {
         Some(Cow::Owned(
@@ -451,6 +453,22 @@ mod tests {
             "log": log, "stream": stream, "time": "2026-11-28T08:00:00.123456789Z"
         }))
         .unwrap()
+    }
+
+    /// Fuzzing found it (`decode_docker`, `decode_cri`): a time with a lower-case `t` (valid
+    /// RFC 3339) was passed on as it was, and Elasticsearch refuses it.
+    #[test]
+    fn lower_case_rfc3339_times_are_written_out_in_the_canonical_form() {
+        assert_eq!(
+            normalize_time("2026-11-28t08:00:00.5z").as_deref(),
+            Some("2026-11-28T08:00:00.500Z")
+        );
+        assert_eq!(
+            normalize_time("2026-11-28t08:00:00.123456789Z").as_deref(),
+            Some("2026-11-28T08:00:00.123456789Z")
+        );
+        let canonical = "2026-11-28T08:00:00.123456789Z";
+        assert!(matches!(normalize_time(canonical), Some(Cow::Borrowed(t)) if t == canonical));
     }
 
     #[test]

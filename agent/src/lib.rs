@@ -22,6 +22,8 @@ mod docker;
 mod enrich;
 mod fingerprint;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod metrics;
 mod multiline;
 mod rotated;

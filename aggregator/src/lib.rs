@@ -14,6 +14,8 @@ mod alerts;
 mod config;
 mod containers;
 mod elasticsearch;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod local;
 mod metrics;
 mod queue;

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_wire::{decode_batch, BatchError, Compression};
+use ferry_wire::{decode_batch, BatchError, Compression, DecodedBatch};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -282,7 +282,7 @@ async fn route(ingest: &Ingest, client: &Peer, req: Request<Incoming>) -> Respon
 
 /// Why a batch request was refused.
 #[derive(Debug)]
-enum Reject {
+pub(crate) enum Reject {
     Unauthorized(&'static str),
     TooLarge(String),
     BadBatch(String),
@@ -292,6 +292,15 @@ enum Reject {
 }
 
 impl Reject {
+    /// What the refusal's answer says.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Reject::Unauthorized(m) => m,
+            Reject::TooLarge(m) | Reject::BadBatch(m) | Reject::BadEncoding(m) | Reject::Io(m) => m,
+            Reject::QueueFull => "queue is full; retry later",
+        }
+    }
+
     fn respond(self, ingest: &Ingest) -> Response<Body> {
         let (status, kind, message) = match self {
             Reject::Unauthorized(m) => (
@@ -339,32 +348,8 @@ impl Reject {
 
 /// Checks, reads, decodes and durably queues one batch; returns the records it held.
 async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, Reject> {
-    let tokens = ingest.tokens_in_use();
-    if !tokens.is_empty() {
-        check_token(&tokens, req.headers().get(hyper::header::AUTHORIZATION))?;
-    }
-    let encoding = match req.headers().get(hyper::header::CONTENT_ENCODING) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Reject::BadEncoding("Content-Encoding is not readable text".into()))?,
-        ),
-    };
-    let compression = Compression::from_content_encoding(encoding)
-        .map_err(|e| Reject::BadEncoding(e.to_string()))?;
     let limit = ingest.max_body_bytes;
-    if let Some(length) = req.headers().get(CONTENT_LENGTH) {
-        let length = length
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| Reject::BadBatch("Content-Length is not a number".into()))?;
-        if length > limit as u64 {
-            return Err(Reject::TooLarge(format!(
-                "body of {length} bytes exceeds the limit of {limit} bytes"
-            )));
-        }
-    }
+    let compression = check_headers(&ingest.tokens_in_use(), limit, req.headers())?;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -378,11 +363,7 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
     let queue = ingest.queue.clone();
     let metrics = Arc::clone(&ingest.metrics);
     let queued = tokio::task::spawn_blocking(move || {
-        let batch = decode_batch(&body, compression, max_decompressed).map_err(|e| match e {
-            BatchError::TooLarge { .. } => Reject::TooLarge(e.to_string()),
-            BatchError::Encoding(_) => Reject::BadEncoding(e.to_string()),
-            other => Reject::BadBatch(other.to_string()),
-        })?;
+        let batch = decode_body(&body, compression, max_decompressed)?;
         queue.append(&batch.data).map_err(|e| match e {
             QueueError::Full { .. } => Reject::QueueFull,
             other => Reject::Io(format!("queueing the batch failed: {other}")),
@@ -402,6 +383,54 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
     m.ingest_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     debug!(logs, stats, bytes, "Batch queued");
     Ok(logs + stats)
+}
+
+/// The checks made before a batch's body is read: the bearer token (when any is configured),
+/// the `Content-Encoding` and a `Content-Length` within `max_body_bytes`. Returns how the body
+/// is compressed.
+pub(crate) fn check_headers(
+    tokens: &Tokens,
+    max_body_bytes: usize,
+    headers: &HeaderMap,
+) -> Result<Compression, Reject> {
+    if !tokens.is_empty() {
+        check_token(tokens, headers.get(hyper::header::AUTHORIZATION))?;
+    }
+    let encoding = match headers.get(hyper::header::CONTENT_ENCODING) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Reject::BadEncoding("Content-Encoding is not readable text".into()))?,
+        ),
+    };
+    let compression = Compression::from_content_encoding(encoding)
+        .map_err(|e| Reject::BadEncoding(e.to_string()))?;
+    if let Some(length) = headers.get(CONTENT_LENGTH) {
+        let length = length
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Reject::BadBatch("Content-Length is not a number".into()))?;
+        if length > max_body_bytes as u64 {
+            return Err(Reject::TooLarge(format!(
+                "body of {length} bytes exceeds the limit of {max_body_bytes} bytes"
+            )));
+        }
+    }
+    Ok(compression)
+}
+
+/// Decompresses and validates a batch body, each refusal sorted by its answer.
+pub(crate) fn decode_body(
+    body: &[u8],
+    compression: Compression,
+    max_decompressed: usize,
+) -> Result<DecodedBatch, Reject> {
+    decode_batch(body, compression, max_decompressed).map_err(|e| match e {
+        BatchError::TooLarge { .. } => Reject::TooLarge(e.to_string()),
+        BatchError::Encoding(_) => Reject::BadEncoding(e.to_string()),
+        other => Reject::BadBatch(other.to_string()),
+    })
 }
 
 fn check_token(tokens: &Tokens, header: Option<&HeaderValue>) -> Result<(), Reject> {

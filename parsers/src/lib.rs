@@ -60,6 +60,8 @@
 #![forbid(unsafe_code)]
 
 mod field;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod greedy;
 mod json;
 mod level;

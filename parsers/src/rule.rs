@@ -121,7 +121,7 @@ pub(crate) struct Rule {
     pub file: PathBuf,
     pub regex: Regex,
     /// The same pattern for the greedy walk, when it can follow it (see [`crate::greedy`]).
-    greedy: Option<Greedy>,
+    pub(crate) greedy: Option<Greedy>,
     pub captures: Vec<CaptureSpec>,
     /// Globs without `/`, as one anchored regex on the short image name.
     image_short: Option<Regex>,

@@ -137,8 +137,7 @@ impl RuleSet {
         }
     }
 
-    /// The rules in order (user rules first).
-    #[cfg(test)]
+    /// The rules in order (user rules first); for tests and `fuzz_support`.
     pub(crate) fn rules(&self) -> &[Rule] {
         &self.inner.rules
     }

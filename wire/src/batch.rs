@@ -826,7 +826,7 @@ fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchErro
         };
         if found <= header.logs {
             let log = if header.ferry == 1 {
-                v1_log(&data, range, &mut sources)
+                v1_log(&data, range, &mut sources, check_utf8)
             } else {
                 v2_log(&data, range, header.sources, check_utf8)
             };
@@ -873,12 +873,20 @@ fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchErro
     })
 }
 
-/// A version 1 log record: parsed for its keys; its fingerprint joins `sources`.
+/// A version 1 log record: parsed for its keys; its fingerprint joins `sources`. With
+/// `check_utf8`, the whole record must be UTF-8: serde_json does not check the strings it
+/// skips (the message, the parsed fields), and a store or Elasticsearch must never get a record
+/// that is not (found by the `batch` fuzz target).
 fn v1_log(
     data: &[u8],
     line: Range<usize>,
     sources: &mut Vec<Source>,
+    check_utf8: bool,
 ) -> Result<DecodedLog, String> {
+    if check_utf8 {
+        std::str::from_utf8(&data[line.clone()])
+            .map_err(|e| format!("record is not UTF-8: {e}"))?;
+    }
     let keys: RecordKeys<'_> =
         serde_json::from_slice(&data[line.clone()]).map_err(|e| format!("bad log record: {e}"))?;
     let fingerprint = keys.log.file.fingerprint;
@@ -942,7 +950,7 @@ fn v2_log(
         || !record
             .get(at..)
             .is_some_and(|r| r.starts_with(offset_member))
-        || !matches!(record[at - 1], b'{' | b',')
+        || !opens_log(record, at)
     {
         return Err(format!("position {at} is not where log.offset begins"));
     }
@@ -974,6 +982,24 @@ fn v2_log(
         id: Text::Raw(shift(id.start..id.end)),
         timestamp: Text::Raw(shift(timestamp)),
         split: Some((at as u32, (end + 1) as u32)),
+    })
+}
+
+/// Whether `log.offset` at `at` is a member of the record's `log` object: right after
+/// `,"log":{`, or after `,"log":{"level":"…",` (a frame whose offset sat in another object was
+/// taken before: found by the `batch` fuzz target).
+fn opens_log(record: &[u8], at: usize) -> bool {
+    const LOG: &[u8] = b",\"log\":{";
+    const LEVEL: &[u8] = b"\"level\":";
+    let before = &record[..at];
+    if before.ends_with(LOG) {
+        return true;
+    }
+    memchr::memmem::rfind(before, LOG).is_some_and(|p| {
+        let level = p + LOG.len();
+        record[level..].starts_with(LEVEL)
+            && string_end(record, level + LEVEL.len()) == Some(at - 1)
+            && record[at - 1] == b','
     })
 }
 
@@ -1392,6 +1418,42 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
+    }
+
+    /// Fuzzing found it (`batch` target): serde_json skips the strings a version 1 record's
+    /// keys do not need without checking their UTF-8, so such a record was queued.
+    #[test]
+    fn version_1_record_with_invalid_utf8_in_its_message_is_refused() {
+        let mut b = BatchBuilder::with_version("node", 1);
+        b.push_log(&record(1));
+        b.push_log(&record(2));
+        let body = b.finish(Compression::None).body;
+        let at = memchr::memmem::rfind(&body, b"\"message\":\"").unwrap() + 11;
+        let mut bad = body.clone();
+        bad[at] = 0xa1;
+        let err = decode_batch(&bad, Compression::None, 1 << 20).unwrap_err();
+        match err {
+            BatchError::Line { line, reason } => {
+                assert_eq!(line, 3);
+                assert!(reason.contains("not UTF-8"), "{reason}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(decode_batch(&body, Compression::None, 1 << 20).is_ok());
+    }
+
+    /// Fuzzing found it (`batch` target): the frame check took an offset member of an object
+    /// other than `log`, so the record was stored without `log.file` and `log.offset` where
+    /// they belong.
+    #[test]
+    fn version_2_offset_outside_the_log_object_is_refused() {
+        let mut b = BatchBuilder::new("node");
+        b.push_log(&record(1));
+        let body = String::from_utf8(b.finish(Compression::None).body).unwrap();
+        assert!(decode_batch(body.as_bytes(), Compression::None, 1 << 20).is_ok());
+        let bad = body.replacen("\"log\":{", "\"hos\":{", 1);
+        let err = decode_batch(bad.as_bytes(), Compression::None, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("log.offset"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 mod batch;
 mod exposition;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod id;
 mod json;
 mod record;

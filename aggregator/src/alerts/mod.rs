@@ -698,6 +698,28 @@ pub mod support {
             })
         }
 
+        /// [`Evaluator::load`] of one rule file's text (named `rules.yml` in problems), for
+        /// the fuzz harness.
+        pub fn from_text(text: &str, interval: Duration) -> Result<Evaluator, Vec<String>> {
+            let groups = rules::parse_file(Path::new("rules.yml"), text, interval)
+                .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+            let retention = retention_for(&groups, interval);
+            Ok(Evaluator {
+                groups: groups.into_iter().map(GroupState::new).collect(),
+                history: History::new(retention),
+            })
+        }
+
+        /// The lines of an exposition page that the history cannot read.
+        pub fn unreadable_lines(page: &str) -> Vec<String> {
+            let mut history = History::new(history::Retention::default());
+            history
+                .sample_exposition(page, 0)
+                .into_iter()
+                .map(|bad| bad.0)
+                .collect()
+        }
+
         /// Samples a page at `t_ms` and evaluates every group.
         pub fn step(&mut self, page: &str, t_ms: i64) {
             self.history.sample_exposition(page, t_ms);
