@@ -434,7 +434,7 @@ mod tests {
             Some(("unknown", "unknown"))
         );
         assert_eq!(
-            layout(r#"{"event":{"id":"a"},"message":"m","stream":"stdout","log":{"level":"E"R","offset":1}}"#),
+            layout(r#"{"event":{"id":"a"},"message":"m","stream":"stdout","log":{"level":"E\"R","offset":1}}"#),
             Some(("stdout", "other"))
         );
         // Not the layout: the caller parses the record.
