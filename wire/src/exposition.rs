@@ -16,11 +16,11 @@ pub fn render_container_metrics<'a>(
     out: &mut String,
     samples: impl Iterator<Item = &'a StatsSample> + Clone,
 ) {
-    let names: BTreeSet<&str> = samples
+    let mut names: BTreeSet<&str> = samples
         .clone()
         .flat_map(|s| s.metrics.keys().map(String::as_str))
-        .filter(|n| n.starts_with("container_") && valid_metric_name(n))
         .collect();
+    names.retain(|n| n.starts_with("container_") && valid_metric_name(n));
     for name in names {
         let kind = if name.ends_with("_total") {
             "counter"

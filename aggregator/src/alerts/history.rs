@@ -251,11 +251,14 @@ impl History {
     pub(crate) fn sample_exposition(&mut self, text: &str, t: i64) -> Vec<BadLine> {
         self.round += 1;
         let mut bad = Vec::new();
-        for line in text.lines() {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]) {
+            let line = text[start..end].trim_end_matches('\r');
+            start = end + 1;
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some(split) = line.rfind(' ') else {
+            let Some(split) = memchr::memrchr(b' ', line.as_bytes()) else {
                 bad.push(BadLine(line.to_string()));
                 continue;
             };

@@ -25,6 +25,8 @@ pub(crate) struct Labels(Arc<Inner>);
 
 struct Inner {
     hash: u64,
+    /// Whether `pairs` has `__name__`.
+    named: bool,
     pairs: Box<[Pair]>,
     /// The same set without `__name__`; only ever set on a set that has one (a set without
     /// a name is its own nameless set, and keeping it here would be a reference cycle).
@@ -44,6 +46,7 @@ impl Labels {
         }
         Labels(Arc::new(Inner {
             hash: hasher.finish(),
+            named: !label(&pairs, METRIC_NAME).is_empty(),
             pairs,
             without_name: OnceLock::new(),
         }))
@@ -56,7 +59,7 @@ impl Labels {
 
     /// The set without `__name__` (itself when it has none): built on first use, then shared.
     pub(crate) fn without_name(&self) -> Labels {
-        if self.binary_search_by(|(k, _)| (**k).cmp(METRIC_NAME)).is_err() {
+        if !self.0.named {
             return self.clone();
         }
         self.0
