@@ -50,8 +50,7 @@ fn samples() -> Vec<StatsSample> {
             s.container.name = Some(format!("app-{c}"));
             s.container.image.name = Some(format!("registry/app:1.{}", c % 7));
             for (i, m) in METRICS.iter().enumerate() {
-                s.metrics
-                    .insert(m.to_string(), (c * 7 + i) as f64 * 1024.5);
+                s.metrics.insert(m.to_string(), (c * 7 + i) as f64 * 1024.5);
             }
             s
         })
@@ -69,9 +68,7 @@ impl Ours {
         let mut entries = self.entries.lock().expect("not poisoned");
         for sample in samples {
             let id = sample.container.id.clone().unwrap_or_default();
-            let entry = entries
-                .entry((sample.host.name.clone(), id))
-                .or_default();
+            let entry = entries.entry((sample.host.name.clone(), id)).or_default();
             let mut metrics = std::mem::take(&mut entry.metrics);
             metrics.extend(sample.metrics.iter().map(|(k, v)| (k.clone(), *v)));
             *entry = StatsSample {
@@ -143,7 +140,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ferry", |b| {
         b.iter(|| black_box(&ours_counter).fetch_add(1, Ordering::Relaxed))
     });
-    g.bench_function("prometheus", |b| b.iter(|| black_box(&theirs_counter).inc()));
+    g.bench_function("prometheus", |b| {
+        b.iter(|| black_box(&theirs_counter).inc())
+    });
     g.finish();
 
     let ours_histogram = DurationHistogram::<8>::default();

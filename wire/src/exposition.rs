@@ -16,10 +16,14 @@ pub fn render_container_metrics<'a>(
     out: &mut String,
     samples: impl Iterator<Item = &'a StatsSample> + Clone,
 ) {
-    let mut names: BTreeSet<&str> = samples
-        .clone()
-        .flat_map(|s| s.metrics.keys().map(String::as_str))
-        .collect();
+    // Inserted one by one: the few names repeat in every sample, so each is a short search
+    // (collecting would sort every sample's names first); validated once each.
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for sample in samples.clone() {
+        for name in sample.metrics.keys() {
+            names.insert(name);
+        }
+    }
     names.retain(|n| n.starts_with("container_") && valid_metric_name(n));
     for name in names {
         let kind = if name.ends_with("_total") {
@@ -135,7 +139,12 @@ impl<const N: usize> DurationHistogram<N> {
 
 /// Text-format escaping of a label value: backslash, double quote and line feed.
 pub fn escape_label_value(out: &mut String, value: &str) {
-    if memchr::memchr3(b'\\', b'"', b'\n', value.as_bytes()).is_none() {
+    let clean = if value.len() < 32 {
+        !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n'))
+    } else {
+        memchr::memchr3(b'\\', b'"', b'\n', value.as_bytes()).is_none()
+    };
+    if clean {
         out.push_str(value);
         return;
     }
@@ -232,8 +241,20 @@ mod tests {
     #[test]
     fn values_print_as_display_does_and_labels_escape() {
         for v in [
-            0.0, -0.0, 1.0, -7.0, 42.0, 0.5, 1e14, 999_999_999_999_999.0, 1e15, 1e21, -3.25,
-            536_870_912.0, 1.0e-7, 123_456.789,
+            0.0,
+            -0.0,
+            1.0,
+            -7.0,
+            42.0,
+            0.5,
+            1e14,
+            999_999_999_999_999.0,
+            1e15,
+            1e21,
+            -3.25,
+            536_870_912.0,
+            1.0e-7,
+            123_456.789,
         ] {
             let mut out = String::new();
             write_value(&mut out, v);
@@ -247,5 +268,9 @@ mod tests {
         escape_label_value(&mut out, "plain");
         escape_label_value(&mut out, "a\\b\"c\nd");
         assert_eq!(out, "plaina\\\\b\\\"c\\nd");
+        let long = "a fairly long label value, then a quote\" and a line\n";
+        let mut out = String::new();
+        escape_label_value(&mut out, long);
+        assert_eq!(out, long.replace('"', "\\\"").replace('\n', "\\n"));
     }
 }

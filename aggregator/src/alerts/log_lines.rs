@@ -8,6 +8,10 @@
 //! `ferry_container_log_lines_overflow_total`), and a series without a line for
 //! [`IDLE_EXPIRY`] is dropped; an agent silent for [`AGENT_EXPIRY`] is forgotten. This module only counts;
 //! [`LogLines::observe`] is the one call intake makes, with the decoded batch.
+//!
+//! A version 2 batch is counted without parsing any record's JSON: the container, namespace and
+//! pod come from its source lines, the stream and level from the record layout the wire format
+//! fixes (see [`stream_and_level`]); a version 1 record, or one not in that layout, is parsed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -115,7 +119,11 @@ const LOG_OBJECT: &[u8] = b",\"log\":{";
 /// `ferry_wire`'s batch docs): `"stream":"…"` is the member just before the `log` object and
 /// `"level":"…"` its first member, when present. `None` for a version 1 record, or one whose
 /// bytes do not have that layout (the caller then parses it).
-fn peek_v2<'b>(batch: &'b DecodedBatch, log: &DecodedLog, buf: &mut Vec<u8>) -> Option<Counted<'b>> {
+fn peek_v2<'b>(
+    batch: &'b DecodedBatch,
+    log: &DecodedLog,
+    buf: &mut Vec<u8>,
+) -> Option<Counted<'b>> {
     let name = batch.source_field(log, &["container", "name"])?;
     let namespace = batch
         .source_field(log, &["kubernetes", "namespace"])
@@ -382,7 +390,12 @@ mod tests {
     fn version_2_batches_count_like_version_1_without_parsing_records() {
         let mut records = Vec::new();
         let cases: [(&str, Option<Stream>, Option<&str>, Option<&str>); 9] = [
-            ("/web", Some(Stream::Stderr), Some("ERROR"), Some("web-7d9f")),
+            (
+                "/web",
+                Some(Stream::Stderr),
+                Some("ERROR"),
+                Some("web-7d9f"),
+            ),
             ("web", Some(Stream::Stderr), Some("err"), Some("web-7d9f")),
             ("web", Some(Stream::Stdout), Some("info"), None),
             ("web", Some(Stream::Stdout), None, None),
@@ -426,7 +439,9 @@ mod tests {
     fn reads_stream_and_level_from_the_record_layout() {
         let layout = |s: &str| stream_and_level(s.as_bytes());
         assert_eq!(
-            layout(r#"{"event":{"id":"a"},"@timestamp":"t","message":"m","stream":"stderr","log":{"level":"WARN","offset":1}}"#),
+            layout(
+                r#"{"event":{"id":"a"},"@timestamp":"t","message":"m","stream":"stderr","log":{"level":"WARN","offset":1}}"#
+            ),
             Some(("stderr", "warn"))
         );
         assert_eq!(
@@ -434,11 +449,16 @@ mod tests {
             Some(("unknown", "unknown"))
         );
         assert_eq!(
-            layout(r#"{"event":{"id":"a"},"message":"m","stream":"stdout","log":{"level":"E\"R","offset":1}}"#),
+            layout(
+                r#"{"event":{"id":"a"},"message":"m","stream":"stdout","log":{"level":"E\"R","offset":1}}"#
+            ),
             Some(("stdout", "other"))
         );
         // Not the layout: the caller parses the record.
-        assert_eq!(layout(r#"{"message":"m","log":{"level":7,"offset":1}}"#), None);
+        assert_eq!(
+            layout(r#"{"message":"m","log":{"level":7,"offset":1}}"#),
+            None
+        );
         assert_eq!(layout(r#"{"message":"m","log":{"level":"err"#), None);
         assert_eq!(layout(r#"{"message":"m"}"#), None);
     }

@@ -870,8 +870,7 @@ fn vector_vector(
     let signature = |labels: &Labels| grouping(labels, names, on);
     let op = b.op;
     if op.is_set_operator() {
-        let right: FastSet<Labels> =
-            rhs.iter().map(|s| signature(&s.labels)).collect();
+        let right: FastSet<Labels> = rhs.iter().map(|s| signature(&s.labels)).collect();
         return Ok(match op.id() {
             token::T_LAND => lhs
                 .into_iter()
@@ -882,8 +881,7 @@ fn vector_vector(
                 .filter(|s| !right.contains(&signature(&s.labels)))
                 .collect(),
             _ => {
-                let left: FastSet<Labels> =
-                    lhs.iter().map(|s| signature(&s.labels)).collect();
+                let left: FastSet<Labels> = lhs.iter().map(|s| signature(&s.labels)).collect();
                 let mut out = lhs;
                 out.extend(
                     rhs.into_iter()
