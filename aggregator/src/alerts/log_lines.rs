@@ -389,7 +389,14 @@ mod tests {
     #[test]
     fn version_2_batches_count_like_version_1_without_parsing_records() {
         let mut records = Vec::new();
-        let cases: [(&str, Option<Stream>, Option<&str>, Option<&str>); 9] = [
+        // (container name, stream, level, pod)
+        type Case = (
+            &'static str,
+            Option<Stream>,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: [Case; 9] = [
             (
                 "/web",
                 Some(Stream::Stderr),

@@ -10,6 +10,10 @@
 //! Prometheus 2.x (closed range windows, 5 minute lookback, stale markers, extrapolated rates)
 //! so that a rule file gives the same answers here and in a Prometheus.
 
+// `Labels` keys hold a `OnceLock` (their nameless twin, built on demand), but their hash and
+// equality read only the pairs and the precomputed hash, which never change.
+#![allow(clippy::mutable_key_type)]
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,6 +8,10 @@
 //! restore it after a restart: an alert that was firing stays firing (no re-page), and one
 //! that resolved while ferry was down is resolved, not forgotten.
 
+// `Labels` keys hold a `OnceLock` (their nameless twin, built on demand), but their hash and
+// equality read only the pairs and the precomputed hash, which never change.
+#![allow(clippy::mutable_key_type)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
