@@ -4,12 +4,18 @@
 //! (`round/10000_series`). 1 666 containers × six cAdvisor series plus ferry's own; the
 //! history is filled for an hour of 15 s rounds first, so range selectors read full windows.
 //! Prints the history's size once (series, samples, approximate bytes).
+//!
+//! For instruction counts (repeatable on a busy machine), `FERRY_ALERTS_DRIVER_ROUNDS=N` skips
+//! criterion and runs the hour of rounds, then `N` rounds, each through [`driver_round`]:
+//! `FERRY_ALERTS_DRIVER_ROUNDS=3 valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect='*driver_round*' target/release/deps/alerts_round-*` counts the
+//! instructions of those `N` rounds only (the containers' figures moving left out).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use ferry_aggregator::alerts_support::Evaluator;
 use ferry_wire::StatsSample;
 
@@ -72,32 +78,53 @@ fn page(samples: &[StatsSample], round: i64) -> String {
     out
 }
 
-fn bench(c: &mut Criterion) {
+/// One round as the aggregator runs it: the containers' figures move, then the timed part.
+fn one_round(evaluator: &mut Evaluator, containers: &mut [StatsSample], round: i64) -> Duration {
+    advance(containers, round);
+    let started = Instant::now();
+    measured_round(evaluator, containers, round);
+    started.elapsed()
+}
+
+/// What a round costs the aggregator.
+fn measured_round(evaluator: &mut Evaluator, containers: &[StatsSample], round: i64) {
+    let text = page(containers, round);
+    evaluator.step(&text, round * ROUND_MS);
+}
+
+/// The shipped rules, and a history filled with an hour of rounds.
+fn setup() -> (Evaluator, Vec<StatsSample>, i64) {
     let alerts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../alerts");
     let mut evaluator =
         Evaluator::load(&[alerts], Duration::from_secs(15)).expect("shipped rules load");
     let mut containers = samples();
-    // An hour of rounds first.
     let mut round: i64 = 0;
     while round < 240 {
-        advance(&mut containers, round);
-        evaluator.step(&page(&containers, round), round * ROUND_MS);
+        one_round(&mut evaluator, &mut containers, round);
         round += 1;
     }
     let (series, samples, bytes) = evaluator.history_size();
     eprintln!(
-        "alerts history: {series} series, {samples} samples, about {:.1} MiB",
-        bytes as f64 / (1 << 20) as f64
+        "alerts history: {series} series, {samples} samples, about {:.1} MiB; {} alerts",
+        bytes as f64 / (1 << 20) as f64,
+        evaluator.alerts().len()
     );
+    (evaluator, containers, round)
+}
+
+/// One round in driver mode (the part callgrind counts).
+#[inline(never)]
+fn driver_round(evaluator: &mut Evaluator, containers: &[StatsSample], round: i64) {
+    measured_round(evaluator, containers, round);
+}
+
+fn bench(c: &mut Criterion) {
+    let (mut evaluator, mut containers, mut round) = setup();
     c.bench_function("round/10000_series", |b| {
         b.iter_custom(|iters| {
             let mut took = Duration::ZERO;
             for _ in 0..iters {
-                advance(&mut containers, round);
-                let started = Instant::now();
-                let text = page(&containers, round);
-                evaluator.step(&text, round * ROUND_MS);
-                took += started.elapsed();
+                took += one_round(&mut evaluator, &mut containers, round);
                 round += 1;
             }
             took
@@ -110,4 +137,19 @@ criterion_group! {
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(10));
     targets = bench
 }
-criterion_main!(benches);
+fn main() {
+    if let Some(n) = std::env::var("FERRY_ALERTS_DRIVER_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        let (mut evaluator, mut containers, round) = setup();
+        for r in round..round + n {
+            advance(&mut containers, r);
+            driver_round(&mut evaluator, &containers, r);
+        }
+        eprintln!("{n} rounds measured; {} alerts", evaluator.alerts().len());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -16,11 +16,15 @@ pub fn render_container_metrics<'a>(
     out: &mut String,
     samples: impl Iterator<Item = &'a StatsSample> + Clone,
 ) {
-    let names: BTreeSet<&str> = samples
-        .clone()
-        .flat_map(|s| s.metrics.keys().map(String::as_str))
-        .filter(|n| n.starts_with("container_") && valid_metric_name(n))
-        .collect();
+    // Inserted one by one: the few names repeat in every sample, so each is a short search
+    // (collecting would sort every sample's names first); validated once each.
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for sample in samples.clone() {
+        for name in sample.metrics.keys() {
+            names.insert(name);
+        }
+    }
+    names.retain(|n| n.starts_with("container_") && valid_metric_name(n));
     for name in names {
         let kind = if name.ends_with("_total") {
             "counter"
@@ -45,23 +49,18 @@ pub fn render_container_metrics<'a>(
 fn write_labels(out: &mut String, s: &StatsSample) {
     let c = &s.container;
     let k = &s.kubernetes;
-    let mut labels = vec![
-        ("id", c.id.as_deref().unwrap_or("")),
-        ("name", c.name.as_deref().unwrap_or("")),
-        ("image", c.image.name.as_deref().unwrap_or("")),
-        ("host", s.host.name.as_str()),
+    let labels = [
+        ("id", c.id.as_deref().or(Some(""))),
+        ("name", c.name.as_deref().or(Some(""))),
+        ("image", c.image.name.as_deref().or(Some(""))),
+        ("host", Some(s.host.name.as_str())),
+        ("namespace", k.namespace.as_deref()),
+        ("pod", k.pod.name.as_deref()),
+        ("container", k.container.name.as_deref()),
     ];
-    for (label, value) in [
-        ("namespace", &k.namespace),
-        ("pod", &k.pod.name),
-        ("container", &k.container.name),
-    ] {
-        if let Some(v) = value {
-            labels.push((label, v));
-        }
-    }
     out.push('{');
-    for (i, (label, value)) in labels.into_iter().enumerate() {
+    let present = labels.iter().filter_map(|(l, v)| Some((*l, (*v)?)));
+    for (i, (label, value)) in present.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -140,6 +139,15 @@ impl<const N: usize> DurationHistogram<N> {
 
 /// Text-format escaping of a label value: backslash, double quote and line feed.
 pub fn escape_label_value(out: &mut String, value: &str) {
+    let clean = if value.len() < 32 {
+        !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n'))
+    } else {
+        memchr::memchr3(b'\\', b'"', b'\n', value.as_bytes()).is_none()
+    };
+    if clean {
+        out.push_str(value);
+        return;
+    }
     for ch in value.chars() {
         match ch {
             '\\' => out.push_str("\\\\"),
@@ -155,6 +163,9 @@ fn write_value(out: &mut String, v: f64) {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // Whole numbers (counters, limits) print the digits `{v}` prints, faster.
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
         let _ = write!(out, "{v}");
     }
@@ -220,5 +231,46 @@ fn help(name: &str) -> &'static str {
             "Cumulative count of packets dropped while transmitting."
         }
         _ => "Container metric reported by ferry agents.",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_print_as_display_does_and_labels_escape() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -7.0,
+            42.0,
+            0.5,
+            1e14,
+            999_999_999_999_999.0,
+            1e15,
+            1e21,
+            -3.25,
+            536_870_912.0,
+            1.0e-7,
+            123_456.789,
+        ] {
+            let mut out = String::new();
+            write_value(&mut out, v);
+            assert_eq!(out, format!("{v}"), "{v:?}");
+        }
+        let mut out = String::new();
+        write_value(&mut out, f64::NEG_INFINITY);
+        write_value(&mut out, f64::NAN);
+        assert_eq!(out, "-InfNaN");
+        let mut out = String::new();
+        escape_label_value(&mut out, "plain");
+        escape_label_value(&mut out, "a\\b\"c\nd");
+        assert_eq!(out, "plaina\\\\b\\\"c\\nd");
+        let long = "a fairly long label value, then a quote\" and a line\n";
+        let mut out = String::new();
+        escape_label_value(&mut out, long);
+        assert_eq!(out, long.replace('"', "\\\"").replace('\n', "\\n"));
     }
 }

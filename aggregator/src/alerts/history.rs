@@ -9,10 +9,12 @@
 //! (`name{labels}` as rendered), so a steady round costs one hash lookup and one float parse
 //! per line and allocates nothing. This module decides nothing about rules.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::promql::{make_labels, parse_go_float, Labels};
+use super::labels::{label, FastMap, Labels};
+use super::promql::{make_labels, parse_go_float};
 
 /// Prometheus's stale marker: a NaN with this bit pattern.
 const STALE_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -28,8 +30,8 @@ pub(crate) struct Series {
     samples: VecDeque<(i64, f64)>,
     /// The round in which the series was last seen.
     seen: u64,
-    /// Its exposition key (`name{labels}`).
-    key: Box<str>,
+    /// Its exposition key (`name{labels}`), shared with the index.
+    key: Arc<str>,
     /// Written by a recording rule (staleness is then the rule's business, not the round's).
     recorded: bool,
     /// How long its samples are kept.
@@ -40,20 +42,35 @@ impl Series {
     /// The value an instant selector sees at `t`: the newest sample at or before `t`, not
     /// older than `lookback`, unless that sample is a stale marker.
     pub(crate) fn at(&self, t: i64, lookback: i64) -> Option<f64> {
-        let end = self.samples.partition_point(|s| s.0 <= t);
-        let &(ts, v) = self.samples.get(end.checked_sub(1)?)?;
+        let &(ts, v) = match self.samples.back() {
+            // The usual case: evaluating at the newest round.
+            Some(last) if last.0 <= t => last,
+            _ => {
+                let end = self.samples.partition_point(|s| s.0 <= t);
+                self.samples.get(end.checked_sub(1)?)?
+            }
+        };
         (t - ts <= lookback && !is_stale(v)).then_some(v)
     }
 
-    /// Samples in `[start, end]` (stale markers left out).
-    pub(crate) fn range(&self, start: i64, end: i64) -> Vec<(i64, f64)> {
+    /// Samples in `[start, end]` (stale markers left out): borrowed from the history unless
+    /// a stale marker had to be left out (or the window wraps around the sample ring).
+    pub(crate) fn range(&self, start: i64, end: i64) -> Cow<'_, [(i64, f64)]> {
         let from = self.samples.partition_point(|s| s.0 < start);
-        let to = self.samples.partition_point(|s| s.0 <= end);
-        self.samples
-            .range(from..to)
-            .filter(|s| !is_stale(s.1))
-            .copied()
-            .collect()
+        let to = self.samples.partition_point(|s| s.0 <= end).max(from);
+        let (front, back) = self.samples.as_slices();
+        let points = if to <= front.len() {
+            Cow::Borrowed(&front[from..to])
+        } else if from >= front.len() {
+            Cow::Borrowed(&back[from - front.len()..to - front.len()])
+        } else {
+            Cow::Owned(self.samples.range(from..to).copied().collect())
+        };
+        if points.iter().any(|s| is_stale(s.1)) {
+            Cow::Owned(points.iter().filter(|s| !is_stale(s.1)).copied().collect())
+        } else {
+            points
+        }
     }
 
     fn push(&mut self, t: i64, v: f64) {
@@ -87,7 +104,7 @@ pub(crate) struct History {
     slots: Vec<Option<Series>>,
     free: Vec<usize>,
     by_name: HashMap<Arc<str>, Vec<usize>>,
-    by_key: HashMap<Box<str>, usize>,
+    by_key: FastMap<Arc<str>, usize>,
     round: u64,
 }
 
@@ -103,7 +120,7 @@ impl History {
             slots: Vec::new(),
             free: Vec::new(),
             by_name: HashMap::new(),
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             round: 0,
         }
     }
@@ -119,7 +136,7 @@ impl History {
 
     pub(crate) fn set_retention(&mut self, retention: Retention) {
         for s in self.slots.iter_mut().flatten() {
-            s.retention_ms = retention.of(super::promql::label(&s.labels, "__name__"));
+            s.retention_ms = retention.of(label(&s.labels, "__name__"));
         }
         self.retention = retention;
     }
@@ -156,15 +173,9 @@ impl History {
         let mut bytes = self.slots.capacity() * std::mem::size_of::<Option<Series>>();
         for s in self.slots.iter().flatten() {
             bytes += s.samples.capacity() * 16;
-            bytes += s
-                .labels
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 2 * 16 + 32)
-                .sum::<usize>();
+            bytes += s.labels.approximate_bytes() + s.key.len() + 16;
         }
-        for k in self.by_key.keys() {
-            bytes += k.len() + 48;
-        }
+        bytes += self.by_key.capacity() * (std::mem::size_of::<(Arc<str>, usize)>() + 1);
         bytes
     }
 
@@ -173,14 +184,15 @@ impl History {
             return Ok(i);
         }
         let labels = parse_key(key)?;
-        let name: Arc<str> = Arc::from(super::promql::label(&labels, "__name__"));
+        let key: Arc<str> = Arc::from(key);
+        let name: Arc<str> = Arc::from(label(&labels, "__name__"));
         let retention_ms = self.retention.of(&name);
         let series = Series {
             retention_ms,
             labels,
             samples: VecDeque::new(),
             seen: self.round,
-            key: key.into(),
+            key: Arc::clone(&key),
             recorded: false,
         };
         let i = match self.free.pop() {
@@ -194,7 +206,7 @@ impl History {
             }
         };
         self.by_name.entry(name).or_default().push(i);
-        self.by_key.insert(key.into(), i);
+        self.by_key.insert(key, i);
         Ok(i)
     }
 
@@ -239,11 +251,14 @@ impl History {
     pub(crate) fn sample_exposition(&mut self, text: &str, t: i64) -> Vec<BadLine> {
         self.round += 1;
         let mut bad = Vec::new();
-        for line in text.lines() {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]) {
+            let line = text[start..end].trim_end_matches('\r');
+            start = end + 1;
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some(split) = line.rfind(' ') else {
+            let Some(split) = memchr::memrchr(b' ', line.as_bytes()) else {
                 bad.push(BadLine(line.to_string()));
                 continue;
             };
@@ -282,6 +297,9 @@ impl History {
             while s.samples.len() > 1 && s.samples[1].0 <= oldest {
                 s.samples.pop_front();
             }
+            // One piece, so range selectors borrow their windows (a ring wraps once in a
+            // while: the move is amortised over the rounds until it wraps again).
+            s.samples.make_contiguous();
             let dead = s
                 .samples
                 .back()
@@ -294,7 +312,7 @@ impl History {
             let Some(s) = self.slots[i].take() else {
                 continue;
             };
-            let name = super::promql::label(&s.labels, "__name__");
+            let name = label(&s.labels, "__name__");
             if let Some(list) = self.by_name.get_mut(name) {
                 list.retain(|&j| j != i);
                 if list.is_empty() {
@@ -404,7 +422,7 @@ mod tests {
         assert!(h.sample_exposition(page, 1_000).is_empty());
         assert_eq!(h.len(), 3);
         let a: Vec<_> = h.series(Some("a")).collect();
-        assert_eq!(super::super::promql::label(&a[0].labels, "y"), "q\"z");
+        assert_eq!(label(&a[0].labels, "y"), "q\"z");
         assert_eq!(a[0].at(1_000, 300_000), Some(2.0));
         h.sample_exposition("a{x=\"1\",y=\"q\\\"z\"} 4\n", 2_000);
         let b: Vec<_> = h.series(Some("b")).collect();
@@ -420,7 +438,7 @@ mod tests {
         h.sample_exposition("a{x=\"1\",y=\"q\\\"z\"} 4\nunread 1\n", 99_500);
         h.sample_exposition("a{x=\"1\",y=\"q\\\"z\"} 4\nunread 2\n", 99_700);
         let unread: Vec<_> = h.series(Some("unread")).collect();
-        assert_eq!(unread[0].range(0, 100_000), vec![(99_700, 2.0)]);
+        assert_eq!(*unread[0].range(0, 100_000), [(99_700, 2.0)]);
         assert_eq!(h.sample_exposition("bad{x=1} 2\n", 100_000).len(), 1);
     }
 }

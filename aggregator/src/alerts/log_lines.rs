@@ -8,13 +8,18 @@
 //! `ferry_container_log_lines_overflow_total`), and a series without a line for
 //! [`IDLE_EXPIRY`] is dropped; an agent silent for [`AGENT_EXPIRY`] is forgotten. This module only counts;
 //! [`LogLines::observe`] is the one call intake makes, with the decoded batch.
+//!
+//! A version 2 batch is counted without parsing any record's JSON: the container, namespace and
+//! pod come from its source lines, the stream and level from the record layout the wire format
+//! fixes (see [`stream_and_level`]); a version 1 record, or one not in that layout, is parsed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use ferry_wire::DecodedBatch;
+use ferry_wire::{DecodedBatch, DecodedLog};
 use serde::Deserialize;
 
 /// Most line series kept.
@@ -94,6 +99,120 @@ struct PeekKubernetes<'a> {
     pod: Option<PeekName<'a>>,
 }
 
+/// One batch's count key, borrowed from the batch where it can be.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Counted<'a> {
+    name: Cow<'a, str>,
+    namespace: Cow<'a, str>,
+    pod: Cow<'a, str>,
+    stream: &'static str,
+    level: &'static str,
+}
+
+/// `,"log":{`: the start of a record's `log` object. It cannot occur inside a JSON string (a
+/// quote there is always escaped), and in the wire format's record layout nothing before the
+/// `log` object is an object with a `log` member, so its first occurrence is the record's own.
+const LOG_OBJECT: &[u8] = b",\"log\":{";
+
+/// Version 2: the key of `log` without parsing its JSON. The container, pod and namespace come
+/// from the batch's source line; the stream and level from the record's fixed layout (see
+/// `ferry_wire`'s batch docs): `"stream":"…"` is the member just before the `log` object and
+/// `"level":"…"` its first member, when present. `None` for a version 1 record, or one whose
+/// bytes do not have that layout (the caller then parses it).
+fn peek_v2<'b>(
+    batch: &'b DecodedBatch,
+    log: &DecodedLog,
+    buf: &mut Vec<u8>,
+) -> Option<Counted<'b>> {
+    let name = batch.source_field(log, &["container", "name"])?;
+    let namespace = batch
+        .source_field(log, &["kubernetes", "namespace"])
+        .flatten();
+    let pod = batch
+        .source_field(log, &["kubernetes", "pod", "name"])
+        .flatten();
+    buf.clear();
+    batch.write_record(log, None, buf);
+    let (stream, level) = stream_and_level(buf)?;
+    Some(Counted {
+        name: Cow::Borrowed(name.unwrap_or_default().trim_start_matches('/')),
+        namespace: Cow::Borrowed(namespace.unwrap_or_default()),
+        pod: Cow::Borrowed(pod.unwrap_or_default()),
+        stream,
+        level,
+    })
+}
+
+/// The folded stream and level of a record written in the wire format's layout; `None` when
+/// the bytes around its `log` object are not that layout.
+fn stream_and_level(record: &[u8]) -> Option<(&'static str, &'static str)> {
+    let at = memchr::memmem::find(record, LOG_OBJECT)?;
+    let before = &record[..at];
+    let stream = if before.ends_with(b",\"stream\":\"stderr\"") {
+        "stderr"
+    } else if before.ends_with(b",\"stream\":\"stdout\"") {
+        "stdout"
+    } else {
+        "unknown"
+    };
+    let members = &record[at + LOG_OBJECT.len()..];
+    let Some(value) = members.strip_prefix(b"\"level\":") else {
+        return Some((stream, fold_level(None)));
+    };
+    // The JSON string: up to the first quote not escaped by a backslash.
+    if value.first() != Some(&b'"') {
+        return None;
+    }
+    let mut end = 1;
+    loop {
+        match *value.get(end)? {
+            b'\\' => end += 2,
+            b'"' => break,
+            _ => end += 1,
+        }
+    }
+    let escaped = memchr::memchr(b'\\', &value[1..end]).is_some();
+    if value.get(end + 1) != Some(&b',') && value.get(end + 1) != Some(&b'}') {
+        return None;
+    }
+    let level = if escaped {
+        let owned: String = serde_json::from_slice(&value[..=end]).ok()?;
+        fold_level(Some(&owned))
+    } else {
+        fold_level(Some(std::str::from_utf8(&value[1..end]).ok()?))
+    };
+    Some((stream, level))
+}
+
+/// Version 1 (or an unexpected layout): the key from the record's parsed JSON.
+fn peek_parsed(record: &[u8]) -> Option<Counted<'static>> {
+    let peek = serde_json::from_slice::<Peek>(record).ok()?;
+    let stream = match peek.stream {
+        Some("stderr") => "stderr",
+        Some("stdout") => "stdout",
+        _ => "unknown",
+    };
+    let level = fold_level(peek.log.as_ref().and_then(|l| l.level.as_deref()));
+    let kubernetes = peek.kubernetes.as_ref();
+    let owned = |s: Option<&str>| Cow::Owned(s.unwrap_or_default().to_string());
+    Some(Counted {
+        name: owned(
+            peek.container
+                .as_ref()
+                .and_then(|c| c.name.as_deref())
+                .map(|n| n.trim_start_matches('/')),
+        ),
+        namespace: owned(kubernetes.and_then(|k| k.namespace.as_deref())),
+        pod: owned(
+            kubernetes
+                .and_then(|k| k.pod.as_ref())
+                .and_then(|p| p.name.as_deref()),
+        ),
+        stream,
+        level,
+    })
+}
+
 impl LogLines {
     /// Counts the lines of one accepted batch and notes its agent as alive.
     pub(crate) fn observe(&self, batch: &DecodedBatch) {
@@ -101,37 +220,15 @@ impl LogLines {
     }
 
     fn observe_at(&self, batch: &DecodedBatch, now: Instant, wall: SystemTime) {
-        let mut counted: HashMap<Key, u64> = HashMap::new();
+        let mut counted: HashMap<Counted<'_>, u64> = HashMap::new();
+        let mut buf = Vec::new();
         for log in &batch.logs {
-            let record = batch.record(log);
-            let Ok(peek) = serde_json::from_slice::<Peek>(&record) else {
-                continue;
-            };
-            let stream = match peek.stream {
-                Some("stderr") => "stderr",
-                Some("stdout") => "stdout",
-                _ => "unknown",
-            };
-            let level = fold_level(peek.log.as_ref().and_then(|l| l.level.as_deref()));
-            let kubernetes = peek.kubernetes.as_ref();
-            let key = Key {
-                host: batch.header.host.clone(),
-                name: peek
-                    .container
-                    .and_then(|c| c.name)
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
-                namespace: kubernetes
-                    .and_then(|k| k.namespace.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
-                pod: kubernetes
-                    .and_then(|k| k.pod.as_ref())
-                    .and_then(|p| p.name.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
-                stream,
-                level,
+            let key = match peek_v2(batch, log, &mut buf) {
+                Some(key) => key,
+                None => match peek_parsed(&batch.record(log)) {
+                    Some(key) => key,
+                    None => continue,
+                },
             };
             *counted.entry(key).or_default() += 1;
         }
@@ -144,7 +241,15 @@ impl LogLines {
         state
             .agents
             .insert(batch.header.host.clone(), (seconds, now));
-        for (key, n) in counted {
+        for (counted, n) in counted {
+            let key = Key {
+                host: batch.header.host.clone(),
+                name: counted.name.into_owned(),
+                namespace: counted.namespace.into_owned(),
+                pod: counted.pod.into_owned(),
+                stream: counted.stream,
+                level: counted.level,
+            };
             let full = state.lines.len() >= MAX_SERIES;
             match state.lines.get_mut(&key) {
                 Some(entry) => {
@@ -262,6 +367,107 @@ mod tests {
         r.kubernetes.namespace = Some("prod".into());
         r.host.name = "node-1".into();
         r
+    }
+
+    /// Renders the line counters of one batch of `records` written in format `version`.
+    fn counted(records: &[LogRecord], version: u32) -> String {
+        let mut b = BatchBuilder::with_version("node-1", version);
+        for r in records {
+            b.push_log(r);
+        }
+        let encoded = b.finish(Compression::None);
+        assert_eq!(encoded.version, version);
+        let batch = ferry_wire::decode_batch(&encoded.body, Compression::None, 1 << 20).unwrap();
+        let lines = LogLines::default();
+        let t0 = Instant::now();
+        lines.observe_at(&batch, t0, SystemTime::UNIX_EPOCH);
+        let mut out = String::new();
+        lines.render_at(&mut out, t0);
+        out
+    }
+
+    #[test]
+    fn version_2_batches_count_like_version_1_without_parsing_records() {
+        let mut records = Vec::new();
+        // (container name, stream, level, pod)
+        type Case = (
+            &'static str,
+            Option<Stream>,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: [Case; 9] = [
+            (
+                "/web",
+                Some(Stream::Stderr),
+                Some("ERROR"),
+                Some("web-7d9f"),
+            ),
+            ("web", Some(Stream::Stderr), Some("err"), Some("web-7d9f")),
+            ("web", Some(Stream::Stdout), Some("info"), None),
+            ("web", Some(Stream::Stdout), None, None),
+            ("web", None, Some("warning"), None),
+            // Escaped in JSON: the fast path must unescape before folding.
+            ("db", Some(Stream::Stderr), Some("fatal\n"), None),
+            ("db", Some(Stream::Stderr), Some("\"error\""), None),
+            ("db", Some(Stream::Stdout), Some("caf\u{e9}"), None),
+            // A message that looks like the layout the fast path reads.
+            ("db", Some(Stream::Stdout), Some("debug"), None),
+        ];
+        for (i, (name, stream, level, pod)) in cases.into_iter().enumerate() {
+            let mut r = record(name, Stream::Stdout, level);
+            r.stream = stream;
+            r.log.offset = i as u64;
+            r.log.file.fingerprint = format!("f{}", i % 3);
+            r.kubernetes.pod.name = pod.map(str::to_string);
+            if i == 8 {
+                r.message = ",\"stream\":\"stderr\",\"log\":{\"level\":\"error\",".into();
+            }
+            records.push(r);
+        }
+        let v1 = counted(&records, 1);
+        let v2 = counted(&records, 2);
+        assert_eq!(v1, v2);
+        for want in [
+            "{host=\"node-1\",name=\"web\",namespace=\"prod\",pod=\"web-7d9f\",stream=\"stderr\",level=\"error\"} 2\n",
+            "{host=\"node-1\",name=\"web\",namespace=\"prod\",pod=\"\",stream=\"stdout\",level=\"info\"} 1\n",
+            "{host=\"node-1\",name=\"web\",namespace=\"prod\",pod=\"\",stream=\"stdout\",level=\"unknown\"} 1\n",
+            "{host=\"node-1\",name=\"web\",namespace=\"prod\",pod=\"\",stream=\"unknown\",level=\"warn\"} 1\n",
+            "{host=\"node-1\",name=\"db\",namespace=\"prod\",pod=\"\",stream=\"stderr\",level=\"fatal\"} 1\n",
+            "{host=\"node-1\",name=\"db\",namespace=\"prod\",pod=\"\",stream=\"stderr\",level=\"other\"} 1\n",
+            "{host=\"node-1\",name=\"db\",namespace=\"prod\",pod=\"\",stream=\"stdout\",level=\"other\"} 1\n",
+            "{host=\"node-1\",name=\"db\",namespace=\"prod\",pod=\"\",stream=\"stdout\",level=\"debug\"} 1\n",
+        ] {
+            assert!(v2.contains(want), "missing {want:?} in\n{v2}");
+        }
+    }
+
+    #[test]
+    fn reads_stream_and_level_from_the_record_layout() {
+        let layout = |s: &str| stream_and_level(s.as_bytes());
+        assert_eq!(
+            layout(
+                r#"{"event":{"id":"a"},"@timestamp":"t","message":"m","stream":"stderr","log":{"level":"WARN","offset":1}}"#
+            ),
+            Some(("stderr", "warn"))
+        );
+        assert_eq!(
+            layout(r#"{"event":{"id":"a"},"@timestamp":"t","message":"m","log":{"offset":1}}"#),
+            Some(("unknown", "unknown"))
+        );
+        assert_eq!(
+            layout(
+                r#"{"event":{"id":"a"},"message":"m","stream":"stdout","log":{"level":"E\"R","offset":1}}"#
+            ),
+            Some(("stdout", "other"))
+        );
+        // Not the layout: the caller parses the record.
+        assert_eq!(
+            layout(r#"{"message":"m","log":{"level":7,"offset":1}}"#),
+            None
+        );
+        assert_eq!(layout(r#"{"message":"m","log":{"level":"err"#), None);
+        assert_eq!(layout(r#"{"message":"m"}"#), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod config;
 mod history;
+mod labels;
 mod log_lines;
 mod notify;
 mod promql;

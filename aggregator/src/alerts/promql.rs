@@ -10,6 +10,11 @@
 //! Prometheus 2.x (closed range windows, 5 minute lookback, stale markers, extrapolated rates)
 //! so that a rule file gives the same answers here and in a Prometheus.
 
+// `Labels` keys hold a `OnceLock` (their nameless twin, built on demand), but their hash and
+// equality read only the pairs and the precomputed hash, which never change.
+#![allow(clippy::mutable_key_type)]
+
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,12 +24,11 @@ use promql_parser::parser::token::{self, TokenType};
 use promql_parser::parser::{Expr, VectorMatchCardinality, VectorSelector};
 
 use super::history::{History, Series};
+pub(crate) use super::labels::{label, Labels};
+use super::labels::{FastMap, FastSet, Pair};
 
 /// How far back an instant selector looks for a sample (Prometheus's default).
 pub(crate) const LOOKBACK_MS: i64 = 5 * 60 * 1000;
-
-/// A series' labels, sorted by name, `__name__` included.
-pub(crate) type Labels = Arc<[(Arc<str>, Arc<str>)]>;
 
 /// One element of an instant vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,13 +37,16 @@ pub(crate) struct Sample {
     pub(crate) value: f64,
 }
 
+/// A range vector: each series' labels and its samples (time in ms, value), borrowed from
+/// the history where they lie in one piece.
+pub(crate) type Matrix<'h> = Vec<(Labels, Cow<'h, [(i64, f64)]>)>;
+
 /// What an expression evaluates to.
 #[derive(Debug, Clone)]
-pub(crate) enum Value {
+pub(crate) enum Value<'h> {
     Scalar(f64),
     Vector(Vec<Sample>),
-    /// A range vector: each series' labels and its samples (time in ms, value).
-    Matrix(Vec<(Labels, Vec<(i64, f64)>)>),
+    Matrix(Matrix<'h>),
 }
 
 /// Why an expression could not be evaluated (Prometheus fails the rule the same way).
@@ -60,14 +67,6 @@ pub(crate) enum EvalError {
 #[error("{0} is not supported by ferry's evaluator")]
 pub(crate) struct Unsupported(pub(crate) String);
 
-/// Label value by name ("" when absent).
-pub(crate) fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
-    match labels.binary_search_by(|(k, _)| (**k).cmp(name)) {
-        Ok(i) => &labels[i].1,
-        Err(_) => "",
-    }
-}
-
 /// The labels as `{a="1", b="2"}` (for messages).
 pub(crate) fn labels_text(labels: &Labels) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
@@ -81,29 +80,25 @@ where
     K: Into<Arc<str>>,
     V: Into<Arc<str>>,
 {
-    let mut v: Vec<(Arc<str>, Arc<str>)> = pairs
+    let mut v: Vec<Pair> = pairs
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .filter(|(_, v)| !v.is_empty())
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.dedup_by(|a, b| a.0 == b.0);
-    v.into()
+    Labels::from_sorted(v.into_boxed_slice())
 }
 
 fn drop_name(labels: &Labels) -> Labels {
-    if label(labels, METRIC_NAME).is_empty() {
-        return Arc::clone(labels);
-    }
-    labels
-        .iter()
-        .filter(|(k, _)| &**k != METRIC_NAME)
-        .cloned()
-        .collect()
+    labels.without_name()
 }
 
 /// The labels kept (`on`/`by`: only `names`; otherwise all but `names` and `__name__`).
 fn grouping(labels: &Labels, names: &[String], include: bool) -> Labels {
+    if !include && names.is_empty() {
+        return labels.without_name();
+    }
     labels
         .iter()
         .filter(|(k, _)| {
@@ -119,7 +114,7 @@ fn grouping(labels: &Labels, names: &[String], include: bool) -> Labels {
 }
 
 fn set_label(labels: &Labels, name: &str, value: &str) -> Labels {
-    let mut v: Vec<(Arc<str>, Arc<str>)> = labels
+    let mut v: Vec<Pair> = labels
         .iter()
         .filter(|(k, _)| &**k != name)
         .cloned()
@@ -128,7 +123,7 @@ fn set_label(labels: &Labels, name: &str, value: &str) -> Labels {
         v.push((name.into(), value.into()));
         v.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    v.into()
+    Labels::from_sorted(v.into_boxed_slice())
 }
 
 const FUNCTIONS: [&str; 24] = [
@@ -234,33 +229,32 @@ fn offset_ms(vs: &VectorSelector) -> i64 {
     }
 }
 
+/// Whether `series`, found under the selector's metric name, matches its matchers.
 fn matches(vs: &VectorSelector, series: &Series) -> bool {
-    if let Some(name) = &vs.name {
-        if label(&series.labels, METRIC_NAME) != name {
-            return false;
-        }
-    }
     vs.matchers
         .matchers
         .iter()
         .all(|m: &Matcher| m.is_match(label(&series.labels, &m.name)))
 }
 
-fn selected<'h>(vs: &'h VectorSelector, history: &'h History) -> impl Iterator<Item = &'h Series> {
-    let name = vs.name.clone().or_else(|| {
+fn selected<'a, 'h: 'a>(
+    vs: &'a VectorSelector,
+    history: &'h History,
+) -> impl Iterator<Item = &'h Series> + 'a {
+    // The history's index by name does the name's check (`vs.name`, or an equality matcher
+    // on `__name__`, which `matches` checks again).
+    let name = vs.name.as_deref().or_else(|| {
         vs.matchers
             .matchers
             .iter()
             .find(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal))
-            .map(|m| m.value.clone())
+            .map(|m| m.value.as_str())
     });
-    history
-        .series(name.as_deref())
-        .filter(move |s| matches(vs, s))
+    history.series(name).filter(move |s| matches(vs, s))
 }
 
 /// Evaluates `expr` at `t` (ms since the epoch).
-pub(crate) fn eval(expr: &Expr, history: &History, t: i64) -> Result<Value, EvalError> {
+pub(crate) fn eval<'h>(expr: &Expr, history: &'h History, t: i64) -> Result<Value<'h>, EvalError> {
     Ok(match expr {
         Expr::NumberLiteral(n) => Value::Scalar(n.val),
         Expr::Paren(p) => eval(&p.expr, history, t)?,
@@ -282,7 +276,7 @@ pub(crate) fn eval(expr: &Expr, history: &History, t: i64) -> Result<Value, Eval
                 selected(vs, history)
                     .filter_map(|s| {
                         s.at(at, LOOKBACK_MS).map(|value| Sample {
-                            labels: Arc::clone(&s.labels),
+                            labels: s.labels.clone(),
                             value,
                         })
                     })
@@ -296,7 +290,7 @@ pub(crate) fn eval(expr: &Expr, history: &History, t: i64) -> Result<Value, Eval
                 selected(&ms.vs, history)
                     .filter_map(|s| {
                         let points = s.range(start, end);
-                        (!points.is_empty()).then(|| (Arc::clone(&s.labels), points))
+                        (!points.is_empty()).then(|| (s.labels.clone(), points))
                     })
                     .collect(),
             )
@@ -318,27 +312,27 @@ fn scalar_arg(expr: &Expr, history: &History, t: i64) -> Result<f64, EvalError> 
     })
 }
 
-fn vector(v: Value) -> Vec<Sample> {
+fn vector(v: Value<'_>) -> Vec<Sample> {
     match v {
         Value::Vector(v) => v,
         _ => Vec::new(),
     }
 }
 
-fn matrix(v: Value) -> Vec<(Labels, Vec<(i64, f64)>)> {
+fn matrix(v: Value<'_>) -> Matrix<'_> {
     match v {
         Value::Matrix(m) => m,
         _ => Vec::new(),
     }
 }
 
-fn call(c: &Call, history: &History, t: i64) -> Result<Value, EvalError> {
+fn call<'h>(c: &Call, history: &'h History, t: i64) -> Result<Value<'h>, EvalError> {
     let args = &c.args.args;
     let name = c.func.name;
     Ok(match name {
         "time" => Value::Scalar(t as f64 / 1000.0),
         "vector" => Value::Vector(vec![Sample {
-            labels: make_labels::<[(&str, &str); 0], &str, &str>([]),
+            labels: Labels::empty(),
             value: scalar_arg(&args[0], history, t)?,
         }]),
         "rate" | "increase" | "delta" | "irate" => {
@@ -600,7 +594,7 @@ fn absent_labels(arg: &Expr) -> Labels {
     let vs = match arg {
         Expr::VectorSelector(vs) => vs,
         Expr::MatrixSelector(ms) => &ms.vs,
-        _ => return make_labels::<[(&str, &str); 0], &str, &str>([]),
+        _ => return Labels::empty(),
     };
     let mut seen: HashMap<&str, Option<&str>> = HashMap::new();
     for m in &vs.matchers.matchers {
@@ -619,8 +613,8 @@ fn absent_labels(arg: &Expr) -> Labels {
     )
 }
 
-fn histogram_quantile(q: f64, v: Vec<Sample>) -> Result<Value, EvalError> {
-    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+fn histogram_quantile(q: f64, v: Vec<Sample>) -> Result<Value<'static>, EvalError> {
+    let mut groups: FastMap<Labels, Vec<(f64, f64)>> = FastMap::default();
     for s in v {
         let Ok(le) = parse_go_float(label(&s.labels, "le")) else {
             continue;
@@ -706,7 +700,7 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     start + (end - start) * (rank / count)
 }
 
-fn aggregate(a: &AggregateExpr, history: &History, t: i64) -> Result<Value, EvalError> {
+fn aggregate<'h>(a: &AggregateExpr, history: &'h History, t: i64) -> Result<Value<'h>, EvalError> {
     let input = vector(eval(&a.expr, history, t)?);
     let (names, include): (&[String], bool) = match &a.modifier {
         Some(LabelModifier::Include(l)) => (&l.labels, true),
@@ -723,7 +717,7 @@ fn aggregate(a: &AggregateExpr, history: &History, t: i64) -> Result<Value, Eval
             return Ok(Value::Vector(Vec::new()));
         }
         let k = k.min(input.len() as f64) as usize;
-        let mut groups: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        let mut groups: FastMap<Labels, Vec<Sample>> = FastMap::default();
         for s in input {
             groups
                 .entry(grouping(&s.labels, names, include))
@@ -750,7 +744,7 @@ fn aggregate(a: &AggregateExpr, history: &History, t: i64) -> Result<Value, Eval
         return Ok(Value::Vector(out));
     }
     // (sum, count, min, max) per group.
-    let mut groups: HashMap<Labels, (f64, f64, f64, f64)> = HashMap::new();
+    let mut groups: FastMap<Labels, (f64, f64, f64, f64)> = FastMap::default();
     for s in input {
         let g = groups
             .entry(grouping(&s.labels, names, include))
@@ -813,7 +807,7 @@ fn elem(op: TokenType, l: f64, r: f64) -> (f64, bool) {
     }
 }
 
-fn binary(b: &BinaryExpr, history: &History, t: i64) -> Result<Value, EvalError> {
+fn binary<'h>(b: &BinaryExpr, history: &'h History, t: i64) -> Result<Value<'h>, EvalError> {
     let lhs = eval(&b.lhs, history, t)?;
     let rhs = eval(&b.rhs, history, t)?;
     let return_bool = b.return_bool();
@@ -880,8 +874,7 @@ fn vector_vector(
     let signature = |labels: &Labels| grouping(labels, names, on);
     let op = b.op;
     if op.is_set_operator() {
-        let right: std::collections::HashSet<Labels> =
-            rhs.iter().map(|s| signature(&s.labels)).collect();
+        let right: FastSet<Labels> = rhs.iter().map(|s| signature(&s.labels)).collect();
         return Ok(match op.id() {
             token::T_LAND => lhs
                 .into_iter()
@@ -892,8 +885,7 @@ fn vector_vector(
                 .filter(|s| !right.contains(&signature(&s.labels)))
                 .collect(),
             _ => {
-                let left: std::collections::HashSet<Labels> =
-                    lhs.iter().map(|s| signature(&s.labels)).collect();
+                let left: FastSet<Labels> = lhs.iter().map(|s| signature(&s.labels)).collect();
                 let mut out = lhs;
                 out.extend(
                     rhs.into_iter()
@@ -908,7 +900,8 @@ fn vector_vector(
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
     let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
     let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
-    let mut one_side: HashMap<Labels, Sample> = HashMap::with_capacity(one.len());
+    let mut one_side: FastMap<Labels, Sample> =
+        FastMap::with_capacity_and_hasher(one.len(), Default::default());
     for s in one {
         let sig = signature(&s.labels);
         if one_side.contains_key(&sig) {
@@ -919,7 +912,7 @@ fn vector_vector(
     }
     let return_bool = b.return_bool();
     let comparison = op.is_comparison_operator();
-    let mut inserted: HashMap<Labels, Labels> = HashMap::new();
+    let mut inserted: FastMap<Labels, Labels> = FastMap::default();
     let mut out = Vec::new();
     for s in many {
         let sig = signature(&s.labels);
@@ -941,9 +934,9 @@ fn vector_vector(
         let mut labels = if !comparison {
             drop_name(&s.labels)
         } else {
-            Arc::clone(&s.labels)
+            s.labels.clone()
         };
-        if one_to_one {
+        if one_to_one && (on || !names.is_empty()) {
             labels = if on {
                 grouping(&labels, names, true)
             } else {
@@ -961,10 +954,10 @@ fn vector_vector(
             labels = drop_name(&labels);
         }
         if one_to_one {
-            if inserted.insert(sig.clone(), Arc::clone(&labels)).is_some() {
+            if inserted.insert(sig.clone(), labels.clone()).is_some() {
                 return Err(EvalError::ManyToMany);
             }
-        } else if inserted.insert(Arc::clone(&labels), sig).is_some() {
+        } else if inserted.insert(labels.clone(), sig).is_some() {
             return Err(EvalError::DuplicateOutput(labels_text(&labels)));
         }
         out.push(Sample { labels, value });

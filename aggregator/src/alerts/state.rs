@@ -8,14 +8,18 @@
 //! restore it after a restart: an alert that was firing stays firing (no re-page), and one
 //! that resolved while ferry was down is resolved, not forgotten.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+// `Labels` keys hold a `OnceLock` (their nameless twin, built on demand), but their hash and
+// equality read only the pairs and the precomputed hash, which never change.
+#![allow(clippy::mutable_key_type)]
+
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::history::History;
-use super::promql::{self, make_labels, Labels, Value};
+use super::labels::{FastMap, Labels};
+use super::promql::{self, make_labels, Value};
 use super::rules::{Group, Rule, RuleKind};
 
 /// How long a resolved alert is kept (and reported as resolved).
@@ -220,16 +224,12 @@ fn alert(
     active: &mut BTreeMap<BTreeMap<String, String>, Alert>,
     t: i64,
 ) -> Result<(), String> {
-    let mut current: HashMap<BTreeMap<String, String>, Alert> =
-        HashMap::with_capacity(vector.len());
+    // This round's result: labels → (annotations, value). Built whole first, so a result
+    // that fails leaves the alerts as they were.
+    let mut current: FastMap<BTreeMap<String, String>, (BTreeMap<String, String>, f64)> =
+        FastMap::with_capacity_and_hasher(vector.len(), Default::default());
     for s in &vector {
-        let template_labels: Labels = Arc::from(
-            s.labels
-                .iter()
-                .filter(|(k, _)| &**k != "__name__")
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        let template_labels = s.labels.without_name();
         let mut labels = labels_map(&s.labels);
         for (k, tmpl) in &rule.labels {
             let v = tmpl.render(&template_labels, s.value);
@@ -244,71 +244,72 @@ fn alert(
             .iter()
             .map(|(k, tmpl)| (k.clone(), tmpl.render(&template_labels, s.value)))
             .collect();
-        if current.contains_key(&labels) {
+        if current.insert(labels, (annotations, s.value)).is_some() {
             return Err(
                 "vector contains metrics with the same labelset after applying alert labels".into(),
             );
         }
-        current.insert(
-            labels.clone(),
-            Alert {
-                labels,
-                annotations,
-                state: AlertState::Pending,
-                value: s.value,
-                active_at: t,
-                fired_at: 0,
-                resolved_at: 0,
-                keep_firing_since: 0,
-            },
-        );
-    }
-    let present: HashSet<BTreeMap<String, String>> = current.keys().cloned().collect();
-    for (key, new) in current {
-        match active.get_mut(&key) {
-            Some(existing) if existing.state != AlertState::Inactive => {
-                existing.value = new.value;
-                existing.annotations = new.annotations;
-            }
-            _ => {
-                active.insert(key, new);
-            }
-        }
     }
     let keep_ms = keep_firing_for.as_millis() as i64;
     let hold_ms = hold.as_millis() as i64;
-    active.retain(|key, a| {
-        if !present.contains(key) {
-            let mut keep_firing = false;
-            if a.state == AlertState::Firing && keep_ms > 0 {
-                if a.keep_firing_since == 0 {
-                    a.keep_firing_since = t;
-                }
-                if t - a.keep_firing_since < keep_ms {
-                    keep_firing = true;
-                }
-            }
-            if a.state == AlertState::Pending
-                || (a.resolved_at != 0 && t - a.resolved_at > RESOLVED_RETENTION_MS)
-            {
-                return false;
-            }
-            if a.state != AlertState::Inactive && !keep_firing {
-                a.state = AlertState::Inactive;
-                a.resolved_at = t;
-            }
-            if !keep_firing {
-                return true;
-            }
-        } else {
-            a.keep_firing_since = 0;
-        }
+    let promote = |a: &mut Alert| {
         if a.state == AlertState::Pending && t - a.active_at >= hold_ms {
             a.state = AlertState::Firing;
             a.fired_at = t;
         }
+    };
+    let pending = |labels: BTreeMap<String, String>, annotations, value| Alert {
+        labels,
+        annotations,
+        state: AlertState::Pending,
+        value,
+        active_at: t,
+        fired_at: 0,
+        resolved_at: 0,
+        keep_firing_since: 0,
+    };
+    active.retain(|key, a| {
+        if let Some((annotations, value)) = current.remove(key) {
+            // In the result: an active alert takes the new value, a resolved one starts over.
+            if a.state != AlertState::Inactive {
+                a.value = value;
+                a.annotations = annotations;
+            } else {
+                *a = pending(key.clone(), annotations, value);
+            }
+            a.keep_firing_since = 0;
+            promote(a);
+            return true;
+        }
+        let mut keep_firing = false;
+        if a.state == AlertState::Firing && keep_ms > 0 {
+            if a.keep_firing_since == 0 {
+                a.keep_firing_since = t;
+            }
+            if t - a.keep_firing_since < keep_ms {
+                keep_firing = true;
+            }
+        }
+        if a.state == AlertState::Pending
+            || (a.resolved_at != 0 && t - a.resolved_at > RESOLVED_RETENTION_MS)
+        {
+            return false;
+        }
+        if a.state != AlertState::Inactive && !keep_firing {
+            a.state = AlertState::Inactive;
+            a.resolved_at = t;
+        }
+        if keep_firing {
+            promote(a);
+        }
         true
     });
+    // New alerts.
+    for (labels, (annotations, value)) in current {
+        let mut a = pending(labels.clone(), annotations, value);
+        promote(&mut a);
+        active.insert(labels, a);
+    }
     Ok(())
 }
 
