@@ -606,9 +606,13 @@ fn write_dead_letter(
     };
     file.write_all(&data)?;
     file.sync_all()?;
-    let mut file = std::fs::File::create(named(n, ".reason.txt"))?;
+    // The reason appears whole or not at all: written under a temporary name, then renamed.
+    let reason_path = named(n, ".reason.txt");
+    let partial = named(n, ".reason.txt.partial");
+    let mut file = std::fs::File::create(&partial)?;
     file.write_all(reason.as_bytes())?;
     file.sync_all()?;
+    std::fs::rename(&partial, &reason_path)?;
     Ok(data_path)
 }
 
