@@ -139,29 +139,30 @@ fn check_accessors(batch: &DecodedBatch, validated: bool) {
     }
 }
 
+/// Replays every file of `fuzz/corpus/<target>/` (the seeds and every input a finding was
+/// fixed for) through the harness the fuzz target calls, on the stable toolchain
+/// (each crate's corpus tests call it).
+pub fn replay_corpus(target: &str, harness: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
+    let mut replayed = 0;
+    for entry in entries {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("corpus file");
+        if std::panic::catch_unwind(|| harness(&data)).is_err() {
+            panic!("{} fails the {target} harness", path.display());
+        }
+        replayed += 1;
+    }
+    assert!(replayed > 0, "corpus {} is empty", dir.display());
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    /// Replays every file of `fuzz/corpus/<target>/` (the seeds and every input a finding was
-    /// fixed for) through the harness the fuzz target calls, on the stable toolchain.
-    fn replay(target: &str, harness: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let entries =
-            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
-        let mut replayed = 0;
-        for entry in entries {
-            let path = entry.expect("corpus entry").path();
-            let data = std::fs::read(&path).expect("corpus file");
-            if std::panic::catch_unwind(|| harness(&data)).is_err() {
-                panic!("{} fails the {target} harness", path.display());
-            }
-            replayed += 1;
-        }
-        assert!(replayed > 0, "corpus {} is empty", dir.display());
-    }
+    use super::replay_corpus as replay;
 
     #[test]
     fn corpus_batch_replays() {
