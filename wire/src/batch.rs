@@ -552,6 +552,27 @@ impl DecodedBatch {
         }
     }
 
+    /// Version 2: `log`'s record split around the opening of its `log` object: the bytes before
+    /// `,"log":{` (they end with the `stream` member when there is one) and the object's members
+    /// from its first on (`"level":…` when set, else `"offset":…`). Found from the known place
+    /// of `"offset":` backwards, without reading the message. `None` for a version 1 record.
+    pub fn log_object(&self, log: &DecodedLog) -> Option<(&[u8], &[u8])> {
+        const LOG_OBJECT: &[u8] = b",\"log\":{";
+        let (at, _) = log.split?;
+        let record = &self.data[log.line.clone()];
+        let head = &record[..at as usize];
+        // A quote inside a JSON string is escaped, so the last `,"log":{` before `"offset":`
+        // is the object's own (a `{` inside a level value only costs a look).
+        let open = memchr::memrchr_iter(b'{', head).find(|&i| head[..=i].ends_with(LOG_OBJECT))?;
+        Some((&record[..open + 1 - LOG_OBJECT.len()], &record[open + 1..]))
+    }
+
+    /// The index of `log`'s source in its batch: records with the same index share every
+    /// source field.
+    pub fn source_index(&self, log: &DecodedLog) -> usize {
+        log.source as usize
+    }
+
     /// The value of a field of `log`'s source, when `path` (a dotted name split at its dots)
     /// names one: `Some(None)` when the source has no such value, `None` when `path` is not a
     /// source field or the batch (version 1) carries its records whole: then only the record
@@ -1235,6 +1256,30 @@ mod tests {
                     }
                 }
                 assert_eq!(d2.record_len(l2), d1.record(l1).len());
+                // The `log` object is found from `"offset":` backwards, whatever the message.
+                assert!(d1.log_object(l1).is_none());
+                let (before, members) = d2.log_object(l2).unwrap();
+                let first: &[u8] = if r.log.level.is_some() {
+                    b"\"level\":"
+                } else {
+                    b"\"offset\":"
+                };
+                assert!(
+                    members.starts_with(first),
+                    "{}",
+                    String::from_utf8_lossy(members)
+                );
+                let stream: &[u8] = match r.stream {
+                    Some(crate::record::Stream::Stdout) => b",\"stream\":\"stdout\"",
+                    Some(crate::record::Stream::Stderr) => b",\"stream\":\"stderr\"",
+                    None => b"\"",
+                };
+                assert!(
+                    before.ends_with(stream),
+                    "{}",
+                    String::from_utf8_lossy(before)
+                );
+                assert_eq!(&d2.data[l2.line.start + before.len()..][..8], b",\"log\":{");
                 assert_eq!(d1.record_len(l1), d1.record(l1).len());
                 assert_eq!(d2.id(l2), r.event.id);
                 assert_eq!(d2.timestamp(l2), r.timestamp);

@@ -11,7 +11,7 @@
 //!
 //! A version 2 batch is counted without parsing any record's JSON: the container, namespace and
 //! pod come from its source lines, the stream and level from the record layout the wire format
-//! fixes (see [`stream_and_level`]); a version 1 record, or one not in that layout, is parsed.
+//! fixes (see [`stream_and_level_around`]); a version 1 record, or one not in that layout, is parsed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use ferry_wire::{DecodedBatch, DecodedLog};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 /// Most line series kept.
@@ -112,18 +113,12 @@ struct Counted<'a> {
 /// `,"log":{`: the start of a record's `log` object. It cannot occur inside a JSON string (a
 /// quote there is always escaped), and in the wire format's record layout nothing before the
 /// `log` object is an object with a `log` member, so its first occurrence is the record's own.
+#[cfg(test)]
 const LOG_OBJECT: &[u8] = b",\"log\":{";
 
-/// Version 2: the key of `log` without parsing its JSON. The container, pod and namespace come
-/// from the batch's source line; the stream and level from the record's fixed layout (see
-/// `ferry_wire`'s batch docs): `"stream":"…"` is the member just before the `log` object and
-/// `"level":"…"` its first member, when present. `None` for a version 1 record, or one whose
-/// bytes do not have that layout (the caller then parses it).
-fn peek_v2<'b>(
-    batch: &'b DecodedBatch,
-    log: &DecodedLog,
-    buf: &mut Vec<u8>,
-) -> Option<Counted<'b>> {
+/// Version 2: the container, pod and namespace of `log`'s source (from the batch's source
+/// line); `None` for a version 1 record.
+fn source_names<'b>(batch: &'b DecodedBatch, log: &DecodedLog) -> Option<Counted<'b>> {
     let name = batch.source_field(log, &["container", "name"])?;
     let namespace = batch
         .source_field(log, &["kubernetes", "namespace"])
@@ -131,23 +126,28 @@ fn peek_v2<'b>(
     let pod = batch
         .source_field(log, &["kubernetes", "pod", "name"])
         .flatten();
-    buf.clear();
-    batch.write_record(log, None, buf);
-    let (stream, level) = stream_and_level(buf)?;
     Some(Counted {
         name: Cow::Borrowed(name.unwrap_or_default().trim_start_matches('/')),
         namespace: Cow::Borrowed(namespace.unwrap_or_default()),
         pod: Cow::Borrowed(pod.unwrap_or_default()),
-        stream,
-        level,
+        stream: "unknown",
+        level: "unknown",
     })
 }
 
 /// The folded stream and level of a record written in the wire format's layout; `None` when
 /// the bytes around its `log` object are not that layout.
+#[cfg(test)]
 fn stream_and_level(record: &[u8]) -> Option<(&'static str, &'static str)> {
     let at = memchr::memmem::find(record, LOG_OBJECT)?;
-    let before = &record[..at];
+    stream_and_level_around(&record[..at], &record[at + LOG_OBJECT.len()..])
+}
+
+/// The folded stream and level from the bytes before a record's `,"log":{` (`"stream":"…"` is
+/// the member just before it) and the `log` object's members (`"level":"…"` is the first, when
+/// present), as the wire format lays a record out (see `ferry_wire`'s batch docs); `None` when
+/// the bytes do not have that layout (the caller then parses the record).
+fn stream_and_level_around(before: &[u8], members: &[u8]) -> Option<(&'static str, &'static str)> {
     let stream = if before.ends_with(b",\"stream\":\"stderr\"") {
         "stderr"
     } else if before.ends_with(b",\"stream\":\"stdout\"") {
@@ -155,7 +155,6 @@ fn stream_and_level(record: &[u8]) -> Option<(&'static str, &'static str)> {
     } else {
         "unknown"
     };
-    let members = &record[at + LOG_OBJECT.len()..];
     let Some(value) = members.strip_prefix(b"\"level\":") else {
         return Some((stream, fold_level(None)));
     };
@@ -220,17 +219,31 @@ impl LogLines {
     }
 
     fn observe_at(&self, batch: &DecodedBatch, now: Instant, wall: SystemTime) {
-        let mut counted: HashMap<Counted<'_>, u64> = HashMap::new();
-        let mut buf = Vec::new();
+        let mut counted: FxHashMap<Counted<'_>, u64> = FxHashMap::default();
+        // Version 2: counted by source, stream and level, the names looked up once a source.
+        let mut by_source: FxHashMap<(usize, &str, &str), (u64, &DecodedLog)> =
+            FxHashMap::default();
         for log in &batch.logs {
-            let key = match peek_v2(batch, log, &mut buf) {
-                Some(key) => key,
-                None => match peek_parsed(&batch.record(log)) {
-                    Some(key) => key,
-                    None => continue,
-                },
-            };
-            *counted.entry(key).or_default() += 1;
+            let v2 = batch
+                .log_object(log)
+                .and_then(|(before, members)| stream_and_level_around(before, members));
+            if let Some((stream, level)) = v2 {
+                let key = (batch.source_index(log), stream, level);
+                by_source.entry(key).or_insert((0, log)).0 += 1;
+            } else if let Some(key) = peek_parsed(&batch.record(log)) {
+                *counted.entry(key).or_default() += 1;
+            }
+        }
+        for ((_, stream, level), (n, log)) in by_source {
+            if let Some(names) = source_names(batch, log) {
+                *counted
+                    .entry(Counted {
+                        stream,
+                        level,
+                        ..names
+                    })
+                    .or_default() += n;
+            }
         }
         let Ok(mut state) = self.state.lock() else {
             return;
