@@ -25,16 +25,19 @@ pub(crate) enum IngestError {
     BadBatch,
     BadEncoding,
     QueueFull,
+    /// The queue's file system has no room left (ENOSPC, EDQUOT): answered 503 like a full queue.
+    DiskFull,
     Io,
 }
 
 impl IngestError {
-    const ALL: [IngestError; 6] = [
+    const ALL: [IngestError; 7] = [
         IngestError::Unauthorized,
         IngestError::TooLarge,
         IngestError::BadBatch,
         IngestError::BadEncoding,
         IngestError::QueueFull,
+        IngestError::DiskFull,
         IngestError::Io,
     ];
 
@@ -45,6 +48,7 @@ impl IngestError {
             IngestError::BadBatch => "bad_batch",
             IngestError::BadEncoding => "bad_encoding",
             IngestError::QueueFull => "queue_full",
+            IngestError::DiskFull => "disk_full",
             IngestError::Io => "io",
         }
     }

@@ -22,13 +22,21 @@
 //! (`ferry_queue_damaged_bytes_total`) and reads on at the next intact entry, in that segment or
 //! the next. Damage to the very last entry of the newest segment looks exactly like a torn
 //! append, and is cut like one.
+//!
+//! **A full disk.** The queue keeps a reserve file (`queue/reserve`, one segment's size up to
+//! 1 MiB). When an append fails for want of room (ENOSPC, EDQUOT) the half-written entry is cut,
+//! appends are refused with [`QueueError::NoRoom`] (ingest answers 503) without touching the disk
+//! again, and the reserve is deleted, so the sinks can still write their positions and dead
+//! letters, commit, and let whole segments be trimmed. After a trim the reserve is written again
+//! and appends are taken again. Without it a full disk stalled the pipeline for good: the sink
+//! could not write the position that would let the queue free room.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -50,6 +58,10 @@ const AGE_RESOLUTION: Duration = Duration::from_millis(100);
 const SEGMENT_SUFFIX: &str = ".seg";
 /// Folder (below the queue's) where damaged bytes are kept.
 const DAMAGED_DIR: &str = "damaged";
+/// The file holding the room given back to the sinks when the disk fills (see the module docs).
+const RESERVE_FILE: &str = "reserve";
+/// Largest reserve (smaller with smaller segments, at least 64 KiB).
+const RESERVE_MAX_BYTES: u64 = 1 << 20;
 
 /// A place in the queue: a segment sequence number and a byte offset within it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,6 +106,9 @@ pub enum QueueError {
     },
     #[error("queue is unusable after an earlier write failure: {0}")]
     Failed(String),
+    /// The queue's file system is full: appends are refused until a trim frees room.
+    #[error("no room left on the queue's disk: {0}")]
+    NoRoom(String),
     #[error("entry of {0} bytes is larger than a queue entry can be")]
     EntryTooLarge(usize),
 }
@@ -121,6 +136,8 @@ struct Inner {
     /// Set when a write or fsync failed: the queue refuses appends from then on. Apart from the
     /// writer's lock, so `/health` never waits behind an append or a segment's fsync.
     failed: Mutex<Option<String>>,
+    /// Set when the disk is full: appends are refused until a trim lets the reserve be taken.
+    out_of_room: AtomicBool,
     /// Held while an fsync runs; the appenders behind it find their entry already synced.
     sync_lock: Mutex<()>,
     shared: Mutex<Shared>,
@@ -324,8 +341,16 @@ impl Queue {
             segment: last,
             offset: end,
         };
+        let out_of_room = match take_reserve(dir, segment_bytes) {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "Queue disk is full at start: refusing batches (503) until the sinks free room");
+                true
+            }
+        };
         let queue = Queue {
             inner: Arc::new(Inner {
+                out_of_room: AtomicBool::new(out_of_room),
                 dir: dir.to_path_buf(),
                 segment_bytes,
                 max_bytes,
@@ -386,6 +411,12 @@ impl Queue {
             if let Some(reason) = self.failure() {
                 return Err(QueueError::Failed(reason));
             }
+            if self.inner.out_of_room.load(Ordering::SeqCst) {
+                return Err(QueueError::NoRoom(format!(
+                    "{}: waiting for the sinks to free room",
+                    self.inner.dir.display()
+                )));
+            }
             {
                 let shared = self.shared();
                 if shared.queued_bytes + entry_bytes > self.inner.max_bytes {
@@ -409,6 +440,9 @@ impl Queue {
                 if let Err(e) = w.file.set_len(w.end) {
                     let reason = format!("{}: cannot cut a failed write: {e}", path.display());
                     self.fail(reason);
+                } else if no_room(&source) {
+                    self.out_of_room();
+                    return Err(QueueError::NoRoom(format!("{}: {source}", path.display())));
                 }
                 return Err(QueueError::Io { path, source });
             }
@@ -562,12 +596,35 @@ impl Queue {
                 return;
             }
         };
+        let mut trimmed = false;
         for seg in segments.into_iter().filter(|&s| s < trim.segment) {
             let path = segment_path(&self.inner.dir, seg);
             match fs::remove_file(&path) {
-                Ok(()) => debug!(segment = seg, "Queue segment trimmed"),
+                Ok(()) => {
+                    trimmed = true;
+                    debug!(segment = seg, "Queue segment trimmed");
+                }
                 Err(e) => warn!(path = %path.display(), error = %e, "Queue trim failed"),
             }
+        }
+        if trimmed && self.inner.out_of_room.load(Ordering::SeqCst) {
+            match take_reserve(&self.inner.dir, self.inner.segment_bytes) {
+                Ok(()) => {
+                    self.inner.out_of_room.store(false, Ordering::SeqCst);
+                    info!(dir = %self.inner.dir.display(), "Queue disk has room again: taking batches");
+                }
+                Err(e) => debug!(error = %e, "Queue disk still full"),
+            }
+        }
+    }
+
+    /// A write on the queue's file system failed for want of room (an append, or a sink's
+    /// position or dead letter): refuse appends until a trim frees room, and give the reserve
+    /// to the sinks.
+    pub(crate) fn out_of_room(&self) {
+        if !self.inner.out_of_room.swap(true, Ordering::SeqCst) {
+            let _ = fs::remove_file(self.inner.dir.join(RESERVE_FILE));
+            warn!(dir = %self.inner.dir.display(), "Queue disk is full: refusing batches (503) until the sinks free room");
         }
     }
 
@@ -744,6 +801,32 @@ impl Queue {
 
 /// Creates an empty segment file at `path` (a leftover file of that name, only possible after
 /// manual meddling, is emptied).
+/// Whether a write failed for want of room (ENOSPC, or EDQUOT past a quota).
+pub(crate) fn no_room(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Makes sure the reserve file holds its room (written with real bytes: a sparse file would
+/// hold none); on failure nothing of it is left.
+fn take_reserve(dir: &Path, segment_bytes: u64) -> io::Result<()> {
+    let bytes = segment_bytes.clamp(64 << 10, RESERVE_MAX_BYTES);
+    let path = dir.join(RESERVE_FILE);
+    if fs::metadata(&path).is_ok_and(|m| m.len() >= bytes) {
+        return Ok(());
+    }
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; bytes as usize])?;
+        f.sync_all()
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    written
+}
+
 fn new_segment(path: &Path) -> Result<File, QueueError> {
     let file = OpenOptions::new()
         .read(true)
@@ -1119,6 +1202,86 @@ mod tests {
 
     fn start_of(segment: u64) -> Position {
         Position { segment, offset: 0 }
+    }
+
+    /// A tmpfs of a few MiB mounted for one test (root only), unmounted when dropped.
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        /// `None` when FERRY_TEST_SKIP_MOUNT=1; panics when the mount fails otherwise.
+        fn mount(path: &Path, bytes: u64) -> Option<SmallDisk> {
+            if std::env::var("FERRY_TEST_SKIP_MOUNT").is_ok_and(|v| v == "1") {
+                eprintln!("FERRY_TEST_SKIP_MOUNT=1: skipping a test that mounts a tmpfs");
+                return None;
+            }
+            fs::create_dir_all(path).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "ferry-test"])
+                .arg(path)
+                .output()
+                .expect("mount runs");
+            assert!(
+                out.status.success(),
+                "mounting a tmpfs failed (the test needs root; FERRY_TEST_SKIP_MOUNT=1 skips it): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(SmallDisk(path.to_path_buf()))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// Found by the soak (benches/soak.rs, seed 1): with the queue's disk full, the
+    /// Elasticsearch sink could not write its position (ENOSPC), so it never committed, the
+    /// queue never trimmed, and the pipeline stalled for good. A full disk must refuse appends
+    /// (answered 503), leave the sinks room to commit, and take batches again after a trim,
+    /// every entry intact.
+    #[test]
+    fn a_full_disk_refuses_appends_leaves_the_sinks_room_and_recovers_after_a_trim() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mnt = tmp.path().join("disk");
+        let Some(_disk) = SmallDisk::mount(&mnt, 3 << 20) else {
+            return;
+        };
+        let dir = mnt.join("queue");
+        let (q, start) = open(&dir, 256 << 10, 1 << 30, Position::default());
+        let b = batch(200, "x");
+        let mut appended = 0;
+        let err = loop {
+            match q.append(&b) {
+                Ok(()) => appended += 1,
+                Err(e) => break e,
+            }
+            assert!(appended < 10_000, "a 3 MiB disk never filled");
+        };
+        assert!(matches!(err, QueueError::NoRoom(_)), "{err}");
+        assert!(matches!(q.append(&b), Err(QueueError::NoRoom(_))));
+        // What a sink writes beside the queue (its position, dead letters) still fits.
+        fs::write(mnt.join("position.json"), vec![b'p'; 8192])
+            .expect("the sink can write its position on a full disk");
+        // The sink passes three segments: they are trimmed and appends are taken again.
+        let mut r = q.reader(start);
+        let first = r.position().segment;
+        let mut read = 0;
+        while r.position().segment < first + 3 {
+            let e = r.next(Wait::NoWait).unwrap().expect("entries to read");
+            assert_eq!(e.data, b);
+            q.commit(r.consumer(), r.position(), e.bytes, e.records);
+            read += 1;
+        }
+        q.append(&b).expect("room again after the trim");
+        appended += 1;
+        let rest = drain(&mut r);
+        assert_eq!(
+            read + rest.len(),
+            appended,
+            "every appended entry reads back"
+        );
+        assert!(rest.iter().all(|e| *e == b));
     }
 
     #[test]

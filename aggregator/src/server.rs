@@ -288,6 +288,8 @@ pub(crate) enum Reject {
     BadBatch(String),
     BadEncoding(String),
     QueueFull,
+    /// The queue's disk is full: pressure like a full queue, not a server fault.
+    DiskFull(String),
     Io(String),
 }
 
@@ -296,7 +298,11 @@ impl Reject {
     pub(crate) fn message(&self) -> &str {
         match self {
             Reject::Unauthorized(m) => m,
-            Reject::TooLarge(m) | Reject::BadBatch(m) | Reject::BadEncoding(m) | Reject::Io(m) => m,
+            Reject::TooLarge(m)
+            | Reject::BadBatch(m)
+            | Reject::BadEncoding(m)
+            | Reject::DiskFull(m)
+            | Reject::Io(m) => m,
             Reject::QueueFull => "queue is full; retry later",
         }
     }
@@ -320,17 +326,18 @@ impl Reject {
                 IngestError::QueueFull,
                 "queue is full; retry later".to_string(),
             ),
+            Reject::DiskFull(m) => (StatusCode::SERVICE_UNAVAILABLE, IngestError::DiskFull, m),
             Reject::Io(m) => (StatusCode::INTERNAL_SERVER_ERROR, IngestError::Io, m),
         };
         ingest.metrics.ingest_error(kind);
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            warn!(error = %message, "Batch not queued");
+        if status == StatusCode::INTERNAL_SERVER_ERROR || kind == IngestError::DiskFull {
+            warn!(status = status.as_u16(), error = %message, "Batch not queued");
         } else {
             debug!(status = status.as_u16(), error = %message, "Batch refused");
         }
         let mut response = error(status, &message);
         match kind {
-            IngestError::QueueFull => {
+            IngestError::QueueFull | IngestError::DiskFull => {
                 response
                     .headers_mut()
                     .insert("retry-after", HeaderValue::from(ingest.retry_after_seconds));
@@ -366,6 +373,9 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
         let batch = decode_body(&body, compression, max_decompressed)?;
         queue.append(&batch.data).map_err(|e| match e {
             QueueError::Full { .. } => Reject::QueueFull,
+            QueueError::NoRoom(reason) => {
+                Reject::DiskFull(format!("the queue's disk is full; retry later: {reason}"))
+            }
             other => Reject::Io(format!("queueing the batch failed: {other}")),
         })?;
         metrics.log_lines.observe(&batch);

@@ -18,6 +18,10 @@ pub struct DocRecord {
     /// The source as sent, when the double keeps sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// When the double first created a document with this id (Unix time, milliseconds): the
+    /// "stored" end of a write-to-stored latency.
+    #[serde(default)]
+    pub created_unix_ms: u64,
 }
 
 /// Counters and names, as `GET /stats` reports them.
@@ -101,6 +105,8 @@ struct IdRecord {
     /// Position in [`Store::index_names`] of the index it was last created in.
     index: u32,
     source: Option<Box<str>>,
+    /// Unix time in milliseconds of the first create.
+    created_unix_ms: u64,
 }
 
 /// Everything the double knows.
@@ -518,6 +524,11 @@ impl Store {
             Some(rec) => rec,
             None => self.ids.entry(id.into()).or_default(),
         };
+        if rec.creates == 0 {
+            rec.created_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+        }
         rec.creates += 1;
         rec.index = index_no;
         if keep {
@@ -535,6 +546,7 @@ impl Store {
                 id: id.to_string(),
                 creates: r.creates,
                 source: r.source.as_deref().map(String::from),
+                created_unix_ms: r.created_unix_ms,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));

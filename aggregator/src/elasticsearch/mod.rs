@@ -926,6 +926,9 @@ impl Driver {
             }
             Err(e) => {
                 // Not settled: the records go again, and come back here.
+                if crate::queue::no_room(&e) {
+                    self.queue.out_of_room();
+                }
                 self.metrics.sink_error(SinkError::Io);
                 error!(sink = %self.config.name, error = %e, records = records.len(), "Dead-letter write failed; sending the records again");
                 for (mut item, _) in letters {
@@ -966,6 +969,10 @@ impl Driver {
         }
         self.last_commit = Instant::now();
         if let Err(e) = write_position(&self.dir, position) {
+            if crate::queue::no_room(&e) {
+                // The reserve the queue keeps lets the next try through.
+                self.queue.out_of_room();
+            }
             self.metrics.sink_error(SinkError::Io);
             error!(sink = %self.config.name, error = %e, "Sink position write failed; the queue keeps the entries");
             return;
