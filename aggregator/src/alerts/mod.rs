@@ -7,7 +7,8 @@
 //! supported subset over it, [`state`] runs the alert states, [`template`] expands labels and
 //! annotations, and [`notify`] groups, times and retries the messages. The [`Engine`] ties
 //! them together on explicit times (so tests drive it without a clock) and saves its state to
-//! `<data_dir>/alerts/state.json` after every round that changed it. This module never
+//! `<data_dir>/alerts/state.json` after every round that changed it and after every delivery
+//! (before counting it). This module never
 //! touches the queue or the sinks; it only reads the metrics.
 
 mod config;
