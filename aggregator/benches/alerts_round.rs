@@ -1,17 +1,19 @@
 //! One alert round with the shipped rules over 10 000 container series, as the aggregator does
-//! it: rendering the container series (`ferry_wire::render_container_metrics`, what `/metrics`
-//! serves), sampling that page into the history and evaluating every group
-//! (`round/10000_series`). 1 666 containers × six cAdvisor series plus ferry's own; the
-//! history is filled for an hour of 15 s rounds first, so range selectors read full windows.
-//! Prints the history's size once (series, samples, approximate bytes).
+//! it: sampling the aggregator's metrics registry (the container stats of 1 666 containers ×
+//! six cAdvisor series, 50 agents' last batch times and ferry's own families, the very series
+//! `/metrics` serves) into the history and evaluating every group (`round/10000_series`).
+//! `round/10000_series_text` does the same through the rendered page (render it, parse it
+//! back), as rounds did before they read the registry, for comparison. The history is filled
+//! for an hour of 15 s rounds first, so range selectors read full windows. Prints the
+//! history's size once (series, samples, approximate bytes).
 //!
 //! For instruction counts (repeatable on a busy machine), `FERRY_ALERTS_DRIVER_ROUNDS=N` skips
-//! criterion and runs the hour of rounds, then `N` rounds, each through [`driver_round`]:
+//! criterion and runs the hour of rounds, then `N` rounds, each through [`driver_round`]
+//! (through the page instead with `FERRY_ALERTS_DRIVER_TEXT=1`):
 //! `FERRY_ALERTS_DRIVER_ROUNDS=3 valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='*driver_round*' target/release/deps/alerts_round-*` counts the
 //! instructions of those `N` rounds only (the containers' figures moving left out).
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,44 +65,57 @@ fn advance(samples: &mut [StatsSample], round: i64) {
     }
 }
 
-fn page(samples: &[StatsSample], round: i64) -> String {
-    let mut out = String::with_capacity(4 << 20);
+/// The agents' batches of round `round` arrive: their stats go into the registry.
+fn arrive(evaluator: &Evaluator, containers: &mut [StatsSample], round: i64) {
+    advance(containers, round);
+    evaluator.observe_stats(containers);
     for h in 0..50 {
-        let _ = writeln!(
-            out,
-            "ferry_agent_last_batch_timestamp_seconds{{host=\"node-{h}\"}} {}",
-            round * 15
-        );
+        evaluator.observe_agent(&format!("node-{h}"), (round * 15) as f64);
     }
-    out.push_str("ferry_sink_up{sink=\"local\"} 1\nferry_sink_oldest_record_age_seconds{sink=\"local\"} 0.5\n");
-    out.push_str("ferry_ingest_errors_total{error_type=\"queue_full\"} 0\n");
-    ferry_wire::render_container_metrics(&mut out, samples.iter());
-    out
 }
 
-/// One round as the aggregator runs it: the containers' figures move, then the timed part.
-fn one_round(evaluator: &mut Evaluator, containers: &mut [StatsSample], round: i64) -> Duration {
-    advance(containers, round);
+/// How a round reads the registry.
+#[derive(Clone, Copy)]
+enum Sampling {
+    /// Straight from the registry, as the aggregator does.
+    Registry,
+    /// Through the rendered page, parsed back (the way before).
+    Text,
+}
+
+/// One round as the aggregator runs it: the batches arrive, then the timed part.
+fn one_round(
+    evaluator: &mut Evaluator,
+    containers: &mut [StatsSample],
+    round: i64,
+    how: Sampling,
+) -> Duration {
+    arrive(evaluator, containers, round);
     let started = Instant::now();
-    measured_round(evaluator, containers, round);
+    measured_round(evaluator, round, how);
     started.elapsed()
 }
 
 /// What a round costs the aggregator.
-fn measured_round(evaluator: &mut Evaluator, containers: &[StatsSample], round: i64) {
-    let text = page(containers, round);
-    evaluator.step(&text, round * ROUND_MS);
+fn measured_round(evaluator: &mut Evaluator, round: i64, how: Sampling) {
+    match how {
+        Sampling::Registry => evaluator.step_registry(round * ROUND_MS),
+        Sampling::Text => {
+            let text = evaluator.render_registry();
+            evaluator.step(&text, round * ROUND_MS);
+        }
+    }
 }
 
 /// The shipped rules, and a history filled with an hour of rounds.
-fn setup() -> (Evaluator, Vec<StatsSample>, i64) {
+fn setup(how: Sampling) -> (Evaluator, Vec<StatsSample>, i64) {
     let alerts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../alerts");
     let mut evaluator =
         Evaluator::load(&[alerts], Duration::from_secs(15)).expect("shipped rules load");
     let mut containers = samples();
     let mut round: i64 = 0;
     while round < 240 {
-        one_round(&mut evaluator, &mut containers, round);
+        one_round(&mut evaluator, &mut containers, round, how);
         round += 1;
     }
     let (series, samples, bytes) = evaluator.history_size();
@@ -114,22 +129,27 @@ fn setup() -> (Evaluator, Vec<StatsSample>, i64) {
 
 /// One round in driver mode (the part callgrind counts).
 #[inline(never)]
-fn driver_round(evaluator: &mut Evaluator, containers: &[StatsSample], round: i64) {
-    measured_round(evaluator, containers, round);
+fn driver_round(evaluator: &mut Evaluator, round: i64, how: Sampling) {
+    measured_round(evaluator, round, how);
 }
 
 fn bench(c: &mut Criterion) {
-    let (mut evaluator, mut containers, mut round) = setup();
-    c.bench_function("round/10000_series", |b| {
-        b.iter_custom(|iters| {
-            let mut took = Duration::ZERO;
-            for _ in 0..iters {
-                took += one_round(&mut evaluator, &mut containers, round);
-                round += 1;
-            }
-            took
-        })
-    });
+    for (name, how) in [
+        ("round/10000_series", Sampling::Registry),
+        ("round/10000_series_text", Sampling::Text),
+    ] {
+        let (mut evaluator, mut containers, mut round) = setup(how);
+        c.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iters {
+                    took += one_round(&mut evaluator, &mut containers, round, how);
+                    round += 1;
+                }
+                took
+            })
+        });
+    }
 }
 
 criterion_group! {
@@ -142,10 +162,15 @@ fn main() {
         .ok()
         .and_then(|n| n.parse::<i64>().ok())
     {
-        let (mut evaluator, mut containers, round) = setup();
+        let how = if std::env::var("FERRY_ALERTS_DRIVER_TEXT").is_ok_and(|v| v == "1") {
+            Sampling::Text
+        } else {
+            Sampling::Registry
+        };
+        let (mut evaluator, mut containers, round) = setup(how);
         for r in round..round + n {
-            advance(&mut containers, r);
-            driver_round(&mut evaluator, &containers, r);
+            arrive(&evaluator, &mut containers, r);
+            driver_round(&mut evaluator, r, how);
         }
         eprintln!("{n} rounds measured; {} alerts", evaluator.alerts().len());
         return;

@@ -9,13 +9,17 @@
 //! (`_total` is a counter, anything else a gauge); names that are not valid Prometheus metric
 //! names or not `container_*` are ignored, label values are escaped. The agent renders its own
 //! node's series the same way (`ferry_agent::stats::expose`); keep the two in step.
-//! This module keeps no history and never touches the queue or the sink.
+//! [`Containers::sample`] gives the alert history the very series `/metrics` shows, without
+//! text: each series keeps where it lives in the history, so a steady round is a walk over
+//! the values. This module keeps no history itself and never touches the queue or the sink.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_wire::StatsSample;
+
+use crate::alerts::{make_labels, History, SlotRef};
 
 /// How often, at most, ingest sweeps out expired containers (rendering always does).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,6 +30,10 @@ struct Entry {
     /// newer sample keeps its value until the container expires).
     sample: StatsSample,
     seen: Instant,
+    /// Where each of `sample.metrics` (in its order) lives in the alert history; `None` for
+    /// a metric `/metrics` does not show. Emptied when the labels change or a metric is
+    /// added, so it is resolved again.
+    slots: Vec<Option<SlotRef>>,
 }
 
 #[derive(Debug)]
@@ -76,9 +84,15 @@ impl Containers {
                 .or_insert_with(|| Entry {
                     sample: StatsSample::default(),
                     seen: now,
+                    slots: Vec::new(),
                 });
             let mut metrics = std::mem::take(&mut entry.sample.metrics);
+            let known = metrics.len();
             metrics.extend(sample.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            // Metrics are only ever added, so an unchanged count means unchanged names.
+            if metrics.len() != known || !same_labels(&entry.sample, sample) {
+                entry.slots.clear();
+            }
             entry.sample = StatsSample {
                 metrics,
                 ..sample.clone()
@@ -113,6 +127,111 @@ impl Containers {
         entries.sort_by(|a, b| a.0.cmp(b.0));
         ferry_wire::render_container_metrics(out, entries.iter().map(|(_, e)| &e.sample));
     }
+
+    /// Gives the round in progress of `history` every series [`Containers::render`] would
+    /// show, with the same labels and values.
+    pub(crate) fn sample(&self, history: &mut History) {
+        self.sample_at(history, Instant::now());
+    }
+
+    fn sample_at(&self, history: &mut History, now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        self.sweep(&mut state, now);
+        let mut missed = Vec::new();
+        for (key, entry) in state.entries.iter_mut() {
+            let taken =
+                entry.slots.len() == entry.sample.metrics.len()
+                    && entry.slots.iter().zip(entry.sample.metrics.values()).all(
+                        |(slot, value)| {
+                            slot.is_none_or(|slot| history.push(slot, exposed_value(*value)))
+                        },
+                    );
+            if !taken {
+                missed.push((key, entry));
+            }
+        }
+        if missed.is_empty() {
+            return;
+        }
+        // New series get their places in the order the page lists them (by host and id).
+        missed.sort_by(|a, b| a.0.cmp(b.0));
+        let names: [Arc<str>; 8] = [
+            "__name__",
+            "id",
+            "name",
+            "image",
+            "host",
+            "namespace",
+            "pod",
+            "container",
+        ]
+        .map(Arc::from);
+        for (_, entry) in missed {
+            let s = &entry.sample;
+            let values = [
+                s.container.id.as_deref(),
+                s.container.name.as_deref(),
+                s.container.image.name.as_deref(),
+                Some(s.host.name.as_str()),
+                s.kubernetes.namespace.as_deref(),
+                s.kubernetes.pod.name.as_deref(),
+                s.kubernetes.container.name.as_deref(),
+            ];
+            // Shared by the container's series.
+            let base: Vec<(Arc<str>, Arc<str>)> = names[1..]
+                .iter()
+                .zip(values)
+                .filter_map(|(k, v)| Some((Arc::clone(k), Arc::from(v?))))
+                .collect();
+            entry.slots = s
+                .metrics
+                .iter()
+                .map(|(name, value)| {
+                    if !exposed_name(name) {
+                        return None;
+                    }
+                    let pairs = base
+                        .iter()
+                        .cloned()
+                        .chain([(Arc::clone(&names[0]), Arc::from(name.as_str()))]);
+                    Some(history.push_new(make_labels(pairs), exposed_value(*value)))
+                })
+                .collect();
+        }
+    }
+}
+
+/// Whether `/metrics` shows a stats metric of this name (`container_*`, a valid name).
+fn exposed_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.starts_with("container_")
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// The value a scrape of `/metrics` reads back: the number itself (every finite value is
+/// printed so that it reads back exactly), and any NaN as the one NaN the text can say.
+fn exposed_value(v: f64) -> f64 {
+    if v.is_nan() {
+        f64::NAN
+    } else {
+        v
+    }
+}
+
+/// Whether two samples of one container give its series the same labels.
+fn same_labels(a: &StatsSample, b: &StatsSample) -> bool {
+    a.host.name == b.host.name
+        && a.container.id == b.container.id
+        && a.container.name == b.container.name
+        && a.container.image.name == b.container.image.name
+        && a.kubernetes.namespace == b.kubernetes.namespace
+        && a.kubernetes.pod.name == b.kubernetes.pod.name
+        && a.kubernetes.container.name == b.kubernetes.container.name
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //!
 //! Counters end in `_total`, durations are `_seconds` histograms, sizes are `_bytes`, and error
 //! counters carry an `error_type` label whose values are fixed enums, so cardinality is bounded.
-//! This module only counts and renders; it never decides anything.
+//! [`Metrics::sample`] gives the alert history the series of the page without rendering the
+//! ones that grow with the nodes (containers, log lines). This module only counts and
+//! renders; it never decides anything.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,8 +189,32 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format, version 0.0.4.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        self.render_into(&mut out, true);
+        out
+    }
+
+    /// Gives the round in progress of `history` every series [`Metrics::render`] shows, with
+    /// the same labels and values: the container and log-line series (the families that grow
+    /// with the nodes) straight from where they are kept, the fixed families (the pipeline's
+    /// counters and histograms, the sinks', the alert engine's, TLS: a few hundred lines at
+    /// most) through their text, rendered into `scratch`. Returns the lines it could not read.
+    pub(crate) fn sample(
+        &self,
+        history: &mut crate::alerts::History,
+        scratch: &mut String,
+    ) -> Vec<crate::alerts::BadLine> {
+        scratch.clear();
+        self.render_into(scratch, false);
+        let bad = history.sample_text(scratch);
+        self.log_lines.sample(history);
+        self.containers.sample(history);
+        bad
+    }
+
+    /// Renders the families, those that grow with the nodes only when `growing`.
+    fn render_into(&self, out: &mut String, growing: bool) {
         header(
-            &mut out,
+            out,
             "ferry_ingest_requests_total",
             "Batch requests answered, by HTTP status code.",
             "counter",
@@ -206,25 +232,25 @@ impl Metrics {
             self.requests_other.load(Ordering::Relaxed)
         );
         counter(
-            &mut out,
+            out,
             "ferry_ingest_records_total",
             "Log records accepted into the queue.",
             &self.ingest_records,
         );
         counter(
-            &mut out,
+            out,
             "ferry_ingest_stats_samples_total",
             "Container stats samples accepted into the queue.",
             &self.ingest_stats_samples,
         );
         counter(
-            &mut out,
+            out,
             "ferry_ingest_bytes_total",
             "Decompressed batch bytes accepted into the queue.",
             &self.ingest_bytes,
         );
         header(
-            &mut out,
+            out,
             "ferry_ingest_errors_total",
             "Batch requests refused, by reason.",
             "counter",
@@ -238,67 +264,67 @@ impl Metrics {
             );
         }
         self.ingest_duration.render(
-            &mut out,
+            out,
             &BUCKETS_SECONDS,
             "ferry_ingest_duration_seconds",
             "Time to read, decode and durably queue one batch request.",
         );
         gauge(
-            &mut out,
+            out,
             "ferry_queue_bytes",
             "Bytes in the durable queue not yet committed by the sink.",
             &self.queue_bytes,
         );
         gauge(
-            &mut out,
+            out,
             "ferry_queue_records",
             "Log records in the durable queue not yet committed by the sink.",
             &self.queue_records,
         );
         counter(
-            &mut out,
+            out,
             "ferry_queue_damaged_bytes_total",
             "Queue bytes found damaged (checksum or framing) and passed over; copies are kept under queue/damaged/.",
             &self.queue_damaged_bytes,
         );
         counter(
-            &mut out,
+            out,
             "ferry_sink_records_total",
             "Log records written by the sink.",
             &self.sink_records,
         );
         counter(
-            &mut out,
+            out,
             "ferry_sink_duplicates_total",
             "Log records the sink recognised as already stored and skipped.",
             &self.sink_duplicates,
         );
         gauge(
-            &mut out,
+            out,
             "ferry_store_sources",
             "Sources (log file fingerprints) whose high-water marks the local store keeps for de-duplication.",
             &self.store_sources,
         );
         counter(
-            &mut out,
+            out,
             "ferry_store_sources_retired_total",
             "Sources the local store forgot because their agent retired them.",
             &self.store_sources_retired,
         );
         counter(
-            &mut out,
+            out,
             "ferry_store_sources_evicted_total",
             "Sources the local store forgot because it knew more than sink.max_sources; a replay of one would be stored again.",
             &self.store_sources_evicted,
         );
         self.sink_duration.render(
-            &mut out,
+            out,
             &BUCKETS_SECONDS,
             "ferry_sink_duration_seconds",
             "Time to apply and commit one queue entry in the sink.",
         );
         header(
-            &mut out,
+            out,
             "ferry_sink_errors_total",
             "Sink failures, by reason.",
             "counter",
@@ -311,16 +337,19 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
-        crate::sink_metrics::render(&mut out, self.sinks());
-        self.log_lines.render(&mut out);
+        crate::sink_metrics::render(out, self.sinks());
+        if growing {
+            self.log_lines.render(out);
+        }
         if let Some(alerts) = self.alerts.get() {
-            alerts.render(&mut out);
+            alerts.render(out);
         }
         if let Some(tls) = self.tls.get() {
-            tls.metrics.render(&mut out);
+            tls.metrics.render(out);
         }
-        self.containers.render(&mut out);
-        out
+        if growing {
+            self.containers.render(out);
+        }
     }
 }
 
@@ -379,6 +408,147 @@ mod tests {
                 assert!(line.starts_with(&family), "{line} outside {family}");
             }
         }
+    }
+
+    /// A series as a history holds it: its key, its samples (stale markers left out, values
+    /// as bits) and what an instant selector sees now.
+    type Held = (String, Vec<(i64, u64)>, Option<u64>);
+
+    /// Every series a history holds after the rounds so far.
+    fn held(h: &crate::alerts::History, t: i64) -> Vec<Held> {
+        let mut out: Vec<_> = h
+            .series(None)
+            .map(|s| {
+                (
+                    crate::alerts::key_of(&s.labels),
+                    s.range(0, t)
+                        .iter()
+                        .map(|&(t, v)| (t, v.to_bits()))
+                        .collect(),
+                    s.at(t, 300_000).map(f64::to_bits),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Sampling the registry directly gives the history exactly what sampling its page gives:
+    /// the same series (names, labels), the same values to the bit, stale markers for series
+    /// that went away, histogram buckets, sums and counts.
+    #[test]
+    fn sampling_the_registry_is_sampling_its_page() {
+        use crate::alerts::History;
+        use crate::containers::tests::sample;
+        use ferry_wire::{BatchBuilder, Compression, LogRecord, Stream};
+
+        let m = Metrics::default();
+        m.set_sinks(vec![std::sync::Arc::new(
+            crate::sink_metrics::SinkMetrics::new("es", true),
+        )]);
+        let mut by_page = History::keeping(3_600_000);
+        let mut direct = History::keeping(3_600_000);
+        let mut scratch = String::new();
+        let mut web = sample(
+            "node-1",
+            "abc",
+            &[
+                ("container_memory_working_set_bytes", 1.5e8),
+                ("container_cpu_usage_seconds_total", 12.345_678_9),
+                ("container_spec_memory_limit_bytes", 0.0),
+                ("container_threads", f64::NAN),
+                ("container_processes", -0.0),
+                ("container_fs_reads_total", 1e21),
+                ("container_network_receive_bytes_total", f64::INFINITY),
+                ("not_a_container_metric", 1.0),
+                ("container bad", 2.0),
+            ],
+        );
+        web.container.name = Some("web \"1\"\\x\ny".into());
+        web.kubernetes.namespace = Some("prod".into());
+        web.kubernetes.pod.name = Some("web-7d9f".into());
+        let db = sample("node-2", "def", &[("container_threads", 7.0)]);
+        for round in 0..6i64 {
+            let t = round * 15_000;
+            match round {
+                1 => {
+                    // A metric joins a container; its other series keep their places.
+                    web.metrics.insert("container_oom_events_total".into(), 1.0);
+                    m.containers.observe(&[web.clone()]);
+                }
+                3 => {
+                    // Renamed: the old series go stale, new ones appear.
+                    web.container.name = Some("web-2".into());
+                    m.containers.observe(&[web.clone()]);
+                }
+                _ => {
+                    web.metrics.insert(
+                        "container_cpu_usage_seconds_total".into(),
+                        12.345_678_9 + round as f64 / 3.0,
+                    );
+                    m.containers.observe(&[web.clone(), db.clone()]);
+                }
+            }
+            let mut b = BatchBuilder::new(format!("node-{}", round % 2));
+            let mut r = LogRecord {
+                message: "m".into(),
+                timestamp: "2024-05-01T12:00:00.000Z".into(),
+                stream: Some(Stream::Stderr),
+                ..Default::default()
+            };
+            r.log.level = Some(if round % 2 == 0 { "error" } else { "info" }.into());
+            r.log.file.path = "/x".into();
+            r.log.file.fingerprint = "f".into();
+            r.log.offset = round as u64;
+            r.container.name = Some("/web".into());
+            b.push_log(&r);
+            let encoded = b.finish(Compression::None);
+            let batch =
+                ferry_wire::decode_batch(&encoded.body, Compression::None, 1 << 20).unwrap();
+            m.log_lines.observe(&batch);
+            m.log_lines
+                .agent_seen("node-9", 1_700_000_000.123_6 + round as f64 / 7.0);
+            m.request(200);
+            m.observe_ingest(Duration::from_micros(1_234 * round as u64 + 7));
+            m.sinks()[0].bulk_request(
+                crate::sink_metrics::BulkOutcome::Ok,
+                Duration::from_millis(30),
+            );
+
+            assert!(by_page.sample_exposition(&m.render(), t).is_empty());
+            direct.begin_round(t);
+            assert!(m.sample(&mut direct, &mut scratch).is_empty());
+            direct.end_round();
+            let (a, b) = (held(&by_page, t), held(&direct, t));
+            assert_eq!(a, b, "round {round}");
+            for want in [
+                "container_threads{host=\"node-2\",id=\"def\"}",
+                "container_threads{host=\"node-1\",id=\"abc\",name=\"web-2\",namespace=\"prod\",pod=\"web-7d9f\"}",
+                "ferry_ingest_duration_seconds_bucket{le=\"+Inf\"}",
+                "ferry_ingest_duration_seconds_sum",
+                "ferry_sink_bulk_duration_seconds_count{sink=\"es\"}",
+                "ferry_agent_last_batch_timestamp_seconds{host=\"node-9\"}",
+                "ferry_container_log_lines_overflow_total",
+            ] {
+                if want.contains("web-2") && round < 3 {
+                    continue;
+                }
+                assert!(b.iter().any(|(k, _, _)| *k == want), "{want} missing: {b:?}");
+            }
+            let renamed = b
+                .iter()
+                .filter(|(k, _, now)| k.contains("web \\\"1") && now.is_some())
+                .count();
+            assert_eq!(
+                renamed,
+                if round >= 3 {
+                    0
+                } else {
+                    7 + (round >= 1) as usize
+                }
+            );
+        }
+        assert_eq!(by_page.len(), direct.len());
     }
 
     /// Runs `promtool check metrics` over the rendering when promtool is installed.

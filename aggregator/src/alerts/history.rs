@@ -1,19 +1,24 @@
 //! The bounded in-memory history the rules are evaluated over: per series, the samples of the
 //! last [`Retention`] for its metric (the longest range plus offset the loaded rules read it
 //! with, plus the lookback; a metric no rule reads keeps only its latest sample), taken from the
-//! aggregator's own exposition at each evaluation round.
+//! aggregator's own registry at each evaluation round.
 //!
 //! A series that is missing from a round gets a stale marker, as in a Prometheus scrape, so
 //! it leaves instant vectors at once; a series with no sample left inside the retention is
-//! forgotten. Series are indexed by metric name and, for sampling, by their exposition key
-//! (`name{labels}` as rendered), so a steady round costs one hash lookup and one float parse
-//! per line and allocates nothing. This module decides nothing about rules.
+//! forgotten. Series are identified by their label set and indexed by metric name. A round
+//! is [`History::begin_round`], samples, [`History::end_round`]: the registry's big families
+//! push their values straight into slots through a [`SlotRef`] each series keeps (checked
+//! against the slot's generation, so a forgotten and reused slot is never written by its old
+//! owner), and text lines (the small fixed families, tests, the differential harness) go
+//! through a cache from their rendered `name{labels}` to a slot. A steady round allocates
+//! nothing. This module decides nothing about rules.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::labels::{label, FastMap, Labels};
+use super::labels::{label, FastMap, Labels, METRIC_NAME};
 use super::promql::{make_labels, parse_go_float};
 
 /// Prometheus's stale marker: a NaN with this bit pattern.
@@ -23,6 +28,20 @@ fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_BITS
 }
 
+/// Identifies each history, so a [`SlotRef`] taken from one is never used in another.
+static NEXT_HISTORY_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Where a registry series' samples go in one history: resolved once from its labels, then
+/// kept beside the series in the registry. Empty (the default) until resolved; a reference
+/// whose slot was forgotten since (or that belongs to another history) is simply resolved
+/// again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SlotRef {
+    history: u32,
+    slot: u32,
+    generation: u32,
+}
+
 /// One series and its recent samples (oldest first).
 #[derive(Debug)]
 pub(crate) struct Series {
@@ -30,8 +49,6 @@ pub(crate) struct Series {
     samples: VecDeque<(i64, f64)>,
     /// The round in which the series was last seen.
     seen: u64,
-    /// Its exposition key (`name{labels}`), shared with the index.
-    key: Arc<str>,
     /// Written by a recording rule (staleness is then the rule's business, not the round's).
     recorded: bool,
     /// How long its samples are kept.
@@ -100,12 +117,20 @@ impl Retention {
 /// Every series' recent samples.
 #[derive(Debug)]
 pub(crate) struct History {
+    id: u32,
     retention: Retention,
     slots: Vec<Option<Series>>,
+    /// Per slot, bumped each time the slot's series is forgotten.
+    generations: Vec<u32>,
     free: Vec<usize>,
     by_name: HashMap<Arc<str>, Vec<usize>>,
-    by_key: FastMap<Arc<str>, usize>,
+    by_labels: FastMap<Labels, usize>,
+    /// Text lines' `name{labels}` as rendered, to their slot (checked like any [`SlotRef`];
+    /// entries whose slot was forgotten are dropped at the end of that round).
+    by_text: FastMap<Box<str>, SlotRef>,
     round: u64,
+    /// The time of the round in progress.
+    t: i64,
 }
 
 /// Why an exposition line was not taken (the sampler skips it; counted, never fatal).
@@ -116,12 +141,16 @@ pub(crate) struct BadLine(pub(crate) String);
 impl History {
     pub(crate) fn new(retention: Retention) -> History {
         History {
+            id: NEXT_HISTORY_ID.fetch_add(1, Ordering::Relaxed),
             retention,
             slots: Vec::new(),
+            generations: Vec::new(),
             free: Vec::new(),
             by_name: HashMap::new(),
-            by_key: FastMap::default(),
+            by_labels: FastMap::default(),
+            by_text: FastMap::default(),
             round: 0,
+            t: 0,
         }
     }
 
@@ -136,7 +165,7 @@ impl History {
 
     pub(crate) fn set_retention(&mut self, retention: Retention) {
         for s in self.slots.iter_mut().flatten() {
-            s.retention_ms = retention.of(label(&s.labels, "__name__"));
+            s.retention_ms = retention.of(label(&s.labels, METRIC_NAME));
         }
         self.retention = retention;
     }
@@ -160,7 +189,7 @@ impl History {
 
     /// Number of series held.
     pub(crate) fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_labels.len()
     }
 
     /// Samples held over all series.
@@ -168,31 +197,56 @@ impl History {
         self.slots.iter().flatten().map(|s| s.samples.len()).sum()
     }
 
-    /// Approximate bytes held (samples, label strings, indexes), for the closing figures.
+    /// Approximate bytes held (samples, label sets, indexes), for the closing figures.
     pub(crate) fn approximate_bytes(&self) -> usize {
-        let mut bytes = self.slots.capacity() * std::mem::size_of::<Option<Series>>();
+        let mut bytes = self.slots.capacity() * std::mem::size_of::<Option<Series>>()
+            + self.generations.capacity() * 4;
         for s in self.slots.iter().flatten() {
             bytes += s.samples.capacity() * 16;
-            bytes += s.labels.approximate_bytes() + s.key.len() + 16;
+            bytes += s.labels.approximate_bytes();
         }
-        bytes += self.by_key.capacity() * (std::mem::size_of::<(Arc<str>, usize)>() + 1);
+        bytes += self.by_labels.capacity() * (std::mem::size_of::<(Labels, usize)>() + 1);
+        bytes += self.by_text.capacity() * (std::mem::size_of::<(Box<str>, SlotRef)>() + 1);
+        bytes += self.by_text.keys().map(|k| k.len()).sum::<usize>();
+        bytes += self
+            .by_name
+            .values()
+            .map(|l| l.capacity() * 8)
+            .sum::<usize>();
         bytes
     }
 
-    fn slot_of(&mut self, key: &str) -> Result<usize, BadLine> {
-        if let Some(&i) = self.by_key.get(key) {
-            return Ok(i);
+    /// The slot `r` points at, if it is still that series'.
+    fn resolve(&self, r: SlotRef) -> Option<usize> {
+        let i = r.slot as usize;
+        (r.history == self.id
+            && self.generations.get(i) == Some(&r.generation)
+            && self.slots[i].is_some())
+        .then_some(i)
+    }
+
+    fn slot_ref(&self, i: usize) -> SlotRef {
+        SlotRef {
+            history: self.id,
+            slot: i as u32,
+            generation: self.generations[i],
         }
-        let labels = parse_key(key)?;
-        let key: Arc<str> = Arc::from(key);
-        let name: Arc<str> = Arc::from(label(&labels, "__name__"));
-        let retention_ms = self.retention.of(&name);
+    }
+
+    /// The slot of the series with these labels (which include `__name__`), made if new.
+    fn slot_of(&mut self, labels: Labels) -> usize {
+        if let Some(&i) = self.by_labels.get(&labels) {
+            return i;
+        }
+        let name: Arc<str> = labels
+            .iter()
+            .find(|(k, _)| &**k == METRIC_NAME)
+            .map_or_else(|| Arc::from(""), |(_, v)| Arc::clone(v));
         let series = Series {
-            retention_ms,
-            labels,
+            retention_ms: self.retention.of(&name),
+            labels: labels.clone(),
             samples: VecDeque::new(),
             seen: self.round,
-            key: Arc::clone(&key),
             recorded: false,
         };
         let i = match self.free.pop() {
@@ -202,18 +256,56 @@ impl History {
             }
             None => {
                 self.slots.push(Some(series));
+                self.generations.push(0);
                 self.slots.len() - 1
             }
         };
         self.by_name.entry(name).or_default().push(i);
-        self.by_key.insert(key, i);
-        Ok(i)
+        self.by_labels.insert(labels, i);
+        i
+    }
+
+    /// A sample of this round for the series in slot `i`.
+    fn take(&mut self, i: usize, v: f64) {
+        let (t, round) = (self.t, self.round);
+        if let Some(s) = self.slots[i].as_mut() {
+            s.push(t, v);
+            s.seen = round;
+        }
+    }
+
+    /// Starts a round at `t`: the samples given until [`History::end_round`] are its.
+    pub(crate) fn begin_round(&mut self, t: i64) {
+        self.round += 1;
+        self.t = t;
+    }
+
+    /// A value of this round for the series `slot` points at; false (and nothing taken) when
+    /// `slot` does not point at a live series of this history: then call
+    /// [`History::push_new`] with the series' labels.
+    pub(crate) fn push(&mut self, slot: SlotRef, v: f64) -> bool {
+        match self.resolve(slot) {
+            Some(i) => {
+                self.take(i, v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A value of this round for the series with `labels` (`__name__` included), found or
+    /// made; returns where it is, for [`History::push`] in later rounds.
+    pub(crate) fn push_new(&mut self, labels: Labels, v: f64) -> SlotRef {
+        let i = self.slot_of(labels);
+        self.take(i, v);
+        self.slot_ref(i)
     }
 
     /// Adds one sample to the series rendered as `key` (`name{labels}`).
     #[cfg(test)]
     pub(crate) fn push_key(&mut self, key: &str, t: i64, v: f64) {
-        if let Ok(i) = self.slot_of(key) {
+        if let Ok(labels) = parse_key(key) {
+            let i = self.slot_of(labels);
             let round = self.round;
             if let Some(s) = self.slots[i].as_mut() {
                 s.push(t, v);
@@ -224,20 +316,19 @@ impl History {
 
     /// Writes a recording rule's sample (its labels include `__name__`).
     pub(crate) fn push_recorded(&mut self, labels: &Labels, t: i64, v: f64) -> Box<str> {
-        let key = key_of(labels);
-        if let Ok(i) = self.slot_of(&key) {
-            if let Some(s) = self.slots[i].as_mut() {
-                s.recorded = true;
-                s.push(t, v);
-            }
+        let i = self.slot_of(labels.clone());
+        if let Some(s) = self.slots[i].as_mut() {
+            s.recorded = true;
+            s.push(t, v);
         }
-        key.into()
+        key_of(labels).into()
     }
 
-    /// Ends the series `key` at `t` (a recording rule's series that its rule no longer
-    /// gives; rounds do it for scraped series).
+    /// Ends the series `key` (as [`key_of`] writes it) at `t` (a recording rule's series that
+    /// its rule no longer gives; rounds do it for sampled series).
     pub(crate) fn mark_stale_key(&mut self, key: &str, t: i64) {
-        if let Some(&i) = self.by_key.get(key) {
+        let Ok(labels) = parse_key(key) else { return };
+        if let Some(&i) = self.by_labels.get(&labels) {
             if let Some(s) = self.slots[i].as_mut() {
                 s.push(t, f64::from_bits(STALE_BITS));
             }
@@ -249,7 +340,15 @@ impl History {
     /// stale marker, and samples older than the retention go. Returns the lines it could not
     /// read.
     pub(crate) fn sample_exposition(&mut self, text: &str, t: i64) -> Vec<BadLine> {
-        self.round += 1;
+        self.begin_round(t);
+        let bad = self.sample_text(text);
+        self.end_round();
+        bad
+    }
+
+    /// Takes the sample lines of an exposition text into the round in progress; returns the
+    /// lines it could not read.
+    pub(crate) fn sample_text(&mut self, text: &str) -> Vec<BadLine> {
         let mut bad = Vec::new();
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]) {
@@ -267,24 +366,26 @@ impl History {
                 bad.push(BadLine(line.to_string()));
                 continue;
             };
-            match self.slot_of(key) {
-                Ok(i) => {
-                    let round = self.round;
-                    if let Some(s) = self.slots[i].as_mut() {
-                        s.push(t, value);
-                        s.seen = round;
-                    }
+            if let Some(&slot) = self.by_text.get(key) {
+                if self.push(slot, value) {
+                    continue;
+                }
+            }
+            match parse_key(key) {
+                Ok(labels) => {
+                    let slot = self.push_new(labels, value);
+                    self.by_text.insert(key.into(), slot);
                 }
                 Err(e) => bad.push(e),
             }
         }
-        self.end_round(t);
         bad
     }
 
-    /// Marks the series not seen this round stale and forgets what is past the retention.
-    fn end_round(&mut self, t: i64) {
-        let round = self.round;
+    /// Ends the round in progress: marks the series not seen in it stale and forgets what is
+    /// past the retention.
+    pub(crate) fn end_round(&mut self) {
+        let (round, t) = (self.round, self.t);
         let mut gone = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
@@ -308,20 +409,29 @@ impl History {
                 gone.push(i);
             }
         }
-        for i in gone {
+        if gone.is_empty() {
+            return;
+        }
+        for &i in &gone {
             let Some(s) = self.slots[i].take() else {
                 continue;
             };
-            let name = label(&s.labels, "__name__");
+            self.generations[i] = self.generations[i].wrapping_add(1);
+            let name = label(&s.labels, METRIC_NAME);
             if let Some(list) = self.by_name.get_mut(name) {
                 list.retain(|&j| j != i);
                 if list.is_empty() {
                     self.by_name.remove(name);
                 }
             }
-            self.by_key.remove(&*s.key);
+            self.by_labels.remove(&s.labels);
             self.free.push(i);
         }
+        let (id, generations, slots) = (self.id, &self.generations, &self.slots);
+        self.by_text.retain(|_, r| {
+            let i = r.slot as usize;
+            r.history == id && generations[i] == r.generation && slots[i].is_some()
+        });
     }
 }
 
@@ -409,6 +519,47 @@ fn parse_key(key: &str) -> Result<Labels, BadLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_ref_never_writes_into_a_series_that_took_its_slot() {
+        let mut h = History::keeping(10_000);
+        let labels = |v: &str| make_labels([("__name__", "m"), ("x", v)]);
+        h.begin_round(0);
+        let a = h.push_new(labels("a"), 1.0);
+        h.end_round();
+        h.begin_round(1_000);
+        assert!(
+            h.push(a, 2.0),
+            "a steady series is found through its reference"
+        );
+        assert!(
+            !History::keeping(10_000).push(a, 2.0),
+            "not another history's"
+        );
+        h.end_round();
+        // `a` goes missing (stale), then is forgotten past the retention; `b` takes its slot.
+        for t in [2_000, 20_000] {
+            h.begin_round(t);
+            h.end_round();
+        }
+        assert_eq!(h.len(), 0);
+        h.begin_round(21_000);
+        let b = h.push_new(labels("b"), 5.0);
+        assert_eq!(b.slot, a.slot);
+        assert!(!h.push(a, 9.0), "a's old reference is refused");
+        h.end_round();
+        let b_series: Vec<_> = h.series(Some("m")).collect();
+        assert_eq!(b_series.len(), 1);
+        assert_eq!(label(&b_series[0].labels, "x"), "b");
+        assert_eq!(*b_series[0].range(0, 21_000), [(21_000, 5.0)]);
+        // Looked up again by its labels, `a` is a new series.
+        h.begin_round(22_000);
+        let a2 = h.push_new(labels("a"), 3.0);
+        assert!(h.push(b, 6.0));
+        h.end_round();
+        assert_ne!(a2, a);
+        assert_eq!(h.len(), 2);
+    }
 
     #[test]
     fn samples_a_page_and_marks_missing_series_stale() {

@@ -7,7 +7,9 @@
 //! series are kept (lines of further ones are counted in
 //! `ferry_container_log_lines_overflow_total`), and a series without a line for
 //! [`IDLE_EXPIRY`] is dropped; an agent silent for [`AGENT_EXPIRY`] is forgotten. This module only counts;
-//! [`LogLines::observe`] is the one call intake makes, with the decoded batch.
+//! [`LogLines::observe`] is the one call intake makes, with the decoded batch;
+//! [`LogLines::sample`] gives the alert history the same series `/metrics` shows, without text
+//! (each series keeps where it lives in the history).
 //!
 //! A version 2 batch is counted without parsing any record's JSON: the container, namespace and
 //! pod come from its source lines, the stream and level from the record layout the wire format
@@ -22,6 +24,13 @@ use std::time::{Duration, Instant, SystemTime};
 use ferry_wire::{DecodedBatch, DecodedLog};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
+
+use super::history::{History, SlotRef};
+use super::promql::make_labels;
+
+const LINES_NAME: &str = "ferry_container_log_lines_total";
+const OVERFLOW_NAME: &str = "ferry_container_log_lines_overflow_total";
+const AGENT_NAME: &str = "ferry_agent_last_batch_timestamp_seconds";
 
 /// Most line series kept.
 pub(crate) const MAX_SERIES: usize = 10_000;
@@ -56,9 +65,55 @@ struct Key {
 
 #[derive(Debug, Default)]
 struct State {
-    lines: HashMap<Key, (u64, Instant)>,
-    agents: HashMap<String, (f64, Instant)>,
+    /// Lines counted, when the last came, and where the series lives in the alert history.
+    lines: HashMap<Key, (u64, Instant, SlotRef)>,
+    /// The agent's last batch (Unix seconds), when it came, and its place in the history.
+    agents: HashMap<String, (f64, Instant, SlotRef)>,
     overflow: u64,
+    overflow_slot: SlotRef,
+}
+
+impl Key {
+    /// The order the page lists the series in.
+    fn order(&self) -> (&str, &str, &str, &str, &str, &str) {
+        (
+            &self.host,
+            &self.name,
+            &self.namespace,
+            &self.pod,
+            self.stream,
+            self.level,
+        )
+    }
+}
+
+/// Drops the line series and agents past their expiry.
+fn expire(state: &mut State, now: Instant) {
+    state
+        .lines
+        .retain(|_, (_, seen, _)| now.saturating_duration_since(*seen) < IDLE_EXPIRY);
+    state
+        .agents
+        .retain(|_, (_, seen, _)| now.saturating_duration_since(*seen) < AGENT_EXPIRY);
+}
+
+/// Notes the agent `host`'s batch at `seconds` (Unix time), arrived `now`.
+fn note_agent(state: &mut State, host: &str, seconds: f64, now: Instant) {
+    match state.agents.get_mut(host) {
+        Some(agent) => (agent.0, agent.1) = (seconds, now),
+        None => {
+            state
+                .agents
+                .insert(host.to_string(), (seconds, now, SlotRef::default()));
+        }
+    }
+}
+
+/// An agent's time as the page prints it (to the millisecond) and a scrape reads it back.
+fn agent_time(seconds: f64, buf: &mut String) -> f64 {
+    buf.clear();
+    let _ = write!(buf, "{seconds:.3}");
+    buf.parse().unwrap_or(seconds)
 }
 
 /// The per-container line counters and per-agent liveness.
@@ -251,9 +306,7 @@ impl LogLines {
         let seconds = wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        state
-            .agents
-            .insert(batch.header.host.clone(), (seconds, now));
+        note_agent(&mut state, &batch.header.host, seconds, now);
         for (counted, n) in counted {
             let key = Key {
                 host: batch.header.host.clone(),
@@ -271,9 +324,17 @@ impl LogLines {
                 }
                 None if full => state.overflow += n,
                 None => {
-                    state.lines.insert(key, (n, now));
+                    state.lines.insert(key, (n, now, SlotRef::default()));
                 }
             }
+        }
+    }
+
+    /// Notes a batch of the agent `host` at `seconds` (Unix time) without counting lines (the
+    /// benchmark's stand-in for its agents).
+    pub(crate) fn agent_seen(&self, host: &str, seconds: f64) {
+        if let Ok(mut state) = self.state.lock() {
+            note_agent(&mut state, host, seconds, Instant::now());
         }
     }
 
@@ -286,35 +347,14 @@ impl LogLines {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        state
-            .lines
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < IDLE_EXPIRY);
-        state
-            .agents
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < AGENT_EXPIRY);
+        expire(&mut state, now);
         let _ = writeln!(out, "# HELP ferry_container_log_lines_total Log lines received, by container, stream and level (trace, debug, info, warn, error, fatal, other, unknown).");
         let _ = writeln!(out, "# TYPE ferry_container_log_lines_total counter");
         let mut lines: Vec<_> = state.lines.iter().collect();
-        lines.sort_by(|a, b| {
-            (
-                &a.0.host,
-                &a.0.name,
-                &a.0.namespace,
-                &a.0.pod,
-                a.0.stream,
-                a.0.level,
-            )
-                .cmp(&(
-                    &b.0.host,
-                    &b.0.name,
-                    &b.0.namespace,
-                    &b.0.pod,
-                    b.0.stream,
-                    b.0.level,
-                ))
-        });
-        for (k, (n, _)) in lines {
-            let _ = write!(out, "ferry_container_log_lines_total{{host=\"");
+        lines.sort_by(|a, b| a.0.order().cmp(&b.0.order()));
+        for (k, (n, _, _)) in lines {
+            out.push_str(LINES_NAME);
+            out.push_str("{host=\"");
             escape(out, &k.host);
             out.push_str("\",name=\"");
             escape(out, &k.name);
@@ -333,19 +373,68 @@ impl LogLines {
             out,
             "# TYPE ferry_container_log_lines_overflow_total counter"
         );
-        let _ = writeln!(
-            out,
-            "ferry_container_log_lines_overflow_total {}",
-            state.overflow
-        );
+        let _ = writeln!(out, "{OVERFLOW_NAME} {}", state.overflow);
         let _ = writeln!(out, "# HELP ferry_agent_last_batch_timestamp_seconds When the agent's last batch was accepted (Unix time), per agent host.");
         let _ = writeln!(out, "# TYPE ferry_agent_last_batch_timestamp_seconds gauge");
         let mut agents: Vec<_> = state.agents.iter().collect();
         agents.sort_by(|a, b| a.0.cmp(b.0));
-        for (host, (t, _)) in agents {
-            out.push_str("ferry_agent_last_batch_timestamp_seconds{host=\"");
+        for (host, (t, _, _)) in agents {
+            out.push_str(AGENT_NAME);
+            out.push_str("{host=\"");
             escape(out, host);
             let _ = writeln!(out, "\"}} {t:.3}");
+        }
+    }
+
+    /// Gives the round in progress of `history` every series [`LogLines::render`] would show,
+    /// with the same labels and values.
+    pub(crate) fn sample(&self, history: &mut History) {
+        self.sample_at(history, Instant::now());
+    }
+
+    fn sample_at(&self, history: &mut History, now: Instant) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        expire(state, now);
+        let mut missed = Vec::new();
+        for (key, (n, _, slot)) in state.lines.iter_mut() {
+            if !history.push(*slot, *n as f64) {
+                missed.push((key, *n, slot));
+            }
+        }
+        // New series get their places in the order the page lists them.
+        missed.sort_by(|a, b| a.0.order().cmp(&b.0.order()));
+        for (k, n, slot) in missed {
+            let labels = make_labels([
+                ("__name__", LINES_NAME),
+                ("host", k.host.as_str()),
+                ("name", k.name.as_str()),
+                ("namespace", k.namespace.as_str()),
+                ("pod", k.pod.as_str()),
+                ("stream", k.stream),
+                ("level", k.level),
+            ]);
+            *slot = history.push_new(labels, n as f64);
+        }
+        let overflow = state.overflow as f64;
+        if !history.push(state.overflow_slot, overflow) {
+            let labels = make_labels([("__name__", OVERFLOW_NAME)]);
+            state.overflow_slot = history.push_new(labels, overflow);
+        }
+        let mut buf = String::new();
+        let mut missed = Vec::new();
+        for (host, (t, _, slot)) in state.agents.iter_mut() {
+            let t = agent_time(*t, &mut buf);
+            if !history.push(*slot, t) {
+                missed.push((host, t, slot));
+            }
+        }
+        missed.sort_by(|a, b| a.0.cmp(b.0));
+        for (host, t, slot) in missed {
+            let labels = make_labels([("__name__", AGENT_NAME), ("host", host.as_str())]);
+            *slot = history.push_new(labels, t);
         }
     }
 }

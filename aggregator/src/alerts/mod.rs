@@ -2,11 +2,13 @@
 //! notifications they send.
 //!
 //! [`rules`] loads and checks the files, [`history`] keeps a bounded window of the series
-//! sampled from the aggregator's own exposition at each round, [`promql`] evaluates the
+//! sampled from the aggregator's own registry at each round (the very series `/metrics`
+//! shows), [`promql`] evaluates the
 //! supported subset over it, [`state`] runs the alert states, [`template`] expands labels and
 //! annotations, and [`notify`] groups, times and retries the messages. The [`Engine`] ties
 //! them together on explicit times (so tests drive it without a clock) and saves its state to
-//! `<data_dir>/alerts/state.json` after every round that changed it. This module never
+//! `<data_dir>/alerts/state.json` after every round that changed it and after every delivery
+//! (before counting it). This module never
 //! touches the queue or the sinks; it only reads the metrics.
 
 mod config;
@@ -36,8 +38,11 @@ pub(crate) use log_lines::LogLines;
 pub use notify::ReceiverKind;
 pub use rules::RuleError;
 
-use history::History;
+#[cfg(test)]
+pub(crate) use history::key_of;
+pub(crate) use history::{BadLine, History, SlotRef};
 use notify::{Delivery, Notifier};
+pub(crate) use promql::make_labels;
 use state::{AlertState, GroupState, SavedAlert};
 
 use crate::metrics::Metrics;
@@ -170,6 +175,8 @@ struct Inner {
     history: History,
     notifier: Notifier,
     last_saved: String,
+    /// The text of the registry's fixed families, reused from round to round.
+    scratch: String,
 }
 
 /// A receiver ready to send.
@@ -299,6 +306,7 @@ impl Engine {
                 history: History::new(retention),
                 notifier,
                 last_saved: String::new(),
+                scratch: String::new(),
             }),
             targets,
             state_path,
@@ -331,13 +339,16 @@ impl Engine {
         Ok(())
     }
 
-    /// One round at `now`: samples the series from `page` (the exposition), evaluates the
-    /// groups due, passes the alerts to the notifier and saves the state if it changed.
-    pub(crate) fn round_with(&self, page: &str, now: i64) {
+    /// One round over the aggregator's own series, now: samples them, evaluates the groups
+    /// due, passes the alerts to the notifier and saves the state if it changed.
+    pub(crate) fn round(&self) {
         let started = Instant::now();
+        let now = now_ms();
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let bad = inner.history.sample_exposition(page, now);
+        inner.history.begin_round(now);
+        let bad = self.metrics.sample(&mut inner.history, &mut inner.scratch);
+        inner.history.end_round();
         if let Some(first) = bad.first() {
             debug!(lines = bad.len(), first = %first, "Exposition lines not sampled");
         }
@@ -377,12 +388,6 @@ impl Engine {
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// One round over the aggregator's own series, now.
-    pub(crate) fn round(&self) {
-        let page = self.metrics.render();
-        self.round_with(&page, now_ms());
-    }
-
     fn save(&self, inner: &mut Inner) {
         let state = SavedState {
             version: STATE_VERSION,
@@ -406,17 +411,21 @@ impl Engine {
         self.lock().notifier.due(now)
     }
 
-    /// Records a delivery's outcome (and saves).
+    /// Records a delivery's outcome and saves it at once, then counts it: a delivery that
+    /// `ferry_alerts_notifications_total` counts is one a restart will not send again. (A
+    /// webhook has no idempotency key, so a crash between the receiver's answer and this
+    /// save sends that one message again after the restart; nothing else is repeated.)
     pub(crate) fn delivered(&self, delivery: &Delivery, ok: bool, now: i64) {
+        let mut inner = self.lock();
+        inner.notifier.delivered(delivery, ok, now);
+        self.save(&mut inner);
+        drop(inner);
         let counter = if ok {
             &self.counters.sent
         } else {
             &self.counters.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
-        inner.notifier.delivered(delivery, ok, now);
-        self.save(&mut inner);
     }
 
     /// Sends one delivery; true when the receiver answered 2xx.
@@ -671,10 +680,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub mod support {
     use super::*;
 
-    /// Rules, history and alert states, nothing else.
+    /// Rules, history and alert states, nothing else (and, for the benchmark, a metrics
+    /// registry of its own to sample as the aggregator's rounds do).
     pub struct Evaluator {
         groups: Vec<GroupState>,
         history: History,
+        registry: Metrics,
+        scratch: String,
     }
 
     /// One alert as the evaluator reports it.
@@ -696,6 +708,8 @@ pub mod support {
             Ok(Evaluator {
                 groups: groups.into_iter().map(GroupState::new).collect(),
                 history: History::new(retention),
+                registry: Metrics::default(),
+                scratch: String::new(),
             })
         }
 
@@ -708,6 +722,8 @@ pub mod support {
             Ok(Evaluator {
                 groups: groups.into_iter().map(GroupState::new).collect(),
                 history: History::new(retention),
+                registry: Metrics::default(),
+                scratch: String::new(),
             })
         }
 
@@ -724,6 +740,32 @@ pub mod support {
         /// Samples a page at `t_ms` and evaluates every group.
         pub fn step(&mut self, page: &str, t_ms: i64) {
             self.history.sample_exposition(page, t_ms);
+            for g in &mut self.groups {
+                g.evaluate(&mut self.history, t_ms);
+            }
+        }
+
+        /// Takes container stats into the evaluator's own registry, as an accepted batch does.
+        pub fn observe_stats(&self, samples: &[ferry_wire::StatsSample]) {
+            self.registry.containers.observe(samples);
+        }
+
+        /// Notes a batch of the agent `host` at `seconds` (Unix time) in the registry.
+        pub fn observe_agent(&self, host: &str, seconds: f64) {
+            self.registry.log_lines.agent_seen(host, seconds);
+        }
+
+        /// The registry's `/metrics` page.
+        pub fn render_registry(&self) -> String {
+            self.registry.render()
+        }
+
+        /// Samples the registry at `t_ms` as the aggregator's round does (without its text)
+        /// and evaluates every group.
+        pub fn step_registry(&mut self, t_ms: i64) {
+            self.history.begin_round(t_ms);
+            self.registry.sample(&mut self.history, &mut self.scratch);
+            self.history.end_round();
             for g in &mut self.groups {
                 g.evaluate(&mut self.history, t_ms);
             }
