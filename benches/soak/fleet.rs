@@ -56,6 +56,8 @@ pub struct Fleet {
     pub names: Vec<String>,
     ids: Vec<String>,
     ctl: PathBuf,
+    /// The last count each container reported (a read can meet a file being rewritten).
+    last: std::cell::RefCell<Vec<u64>>,
 }
 
 /// Docker's json-file options: rotate at `max_size`, keep `max_file` files.
@@ -87,6 +89,7 @@ impl Fleet {
             names: Vec::new(),
             ids: Vec::new(),
             ctl: ctl.to_path_buf(),
+            last: std::cell::RefCell::new(vec![0; count]),
         };
         fleet.set_rate(per_tick);
         let lbl = format!("ferry.soak={label}");
@@ -135,15 +138,15 @@ impl Fleet {
 
     /// Lines written so far, per container (as each last reported it).
     pub fn written(&self) -> Vec<u64> {
-        self.names
-            .iter()
-            .map(|n| {
-                std::fs::read_to_string(self.ctl.join(format!("n-{n}")))
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect()
+        let mut last = self.last.borrow_mut();
+        for (n, seen) in self.names.iter().zip(last.iter_mut()) {
+            let now: u64 = std::fs::read_to_string(self.ctl.join(format!("n-{n}")))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            *seen = (*seen).max(now);
+        }
+        last.clone()
     }
 
     /// Stops every container after its current tick; returns (name, lines written).
