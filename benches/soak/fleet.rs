@@ -67,10 +67,25 @@ pub struct LogOpts {
 }
 
 impl Fleet {
-    /// Removes containers an earlier, interrupted run left behind.
+    /// Removes containers an earlier, interrupted run left behind (those whose harness
+    /// process is gone; another run's live containers are left alone).
     pub fn remove_leftovers() {
-        let ids = docker(&["ps", "-aq", "--filter", "label=ferry.soak"]);
-        for id in ids.lines().filter(|l| !l.is_empty()) {
+        let rows = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=ferry.soak",
+            "--format",
+            "{{.ID}} {{.Label \"ferry.soak.pid\"}}",
+        ]);
+        for row in rows.lines() {
+            let mut f = row.split_whitespace();
+            let (Some(id), pid) = (f.next(), f.next()) else {
+                continue;
+            };
+            if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                continue;
+            }
             eprintln!("soak: removing a leftover container {id}");
             let _ = Command::new("docker").args(["rm", "-f", id]).output();
         }
@@ -93,6 +108,7 @@ impl Fleet {
         };
         fleet.set_rate(per_tick);
         let lbl = format!("ferry.soak={label}");
+        let pid = format!("ferry.soak.pid={}", std::process::id());
         let volume = format!("{}:/ctl", ctl.display());
         for i in 0..count {
             let name = format!("c{i:02}");
@@ -104,6 +120,8 @@ impl Fleet {
                 &container,
                 "--label",
                 &lbl,
+                "--label",
+                &pid,
                 "--log-driver",
                 "json-file",
                 "--log-opt",
