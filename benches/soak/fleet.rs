@@ -56,6 +56,8 @@ pub struct Fleet {
     pub names: Vec<String>,
     ids: Vec<String>,
     ctl: PathBuf,
+    /// The last count each container reported (a read can meet a file being rewritten).
+    last: std::cell::RefCell<Vec<u64>>,
 }
 
 /// Docker's json-file options: rotate at `max_size`, keep `max_file` files.
@@ -65,10 +67,25 @@ pub struct LogOpts {
 }
 
 impl Fleet {
-    /// Removes containers an earlier, interrupted run left behind.
+    /// Removes containers an earlier, interrupted run left behind (those whose harness
+    /// process is gone; another run's live containers are left alone).
     pub fn remove_leftovers() {
-        let ids = docker(&["ps", "-aq", "--filter", "label=ferry.soak"]);
-        for id in ids.lines().filter(|l| !l.is_empty()) {
+        let rows = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=ferry.soak",
+            "--format",
+            "{{.ID}} {{.Label \"ferry.soak.pid\"}}",
+        ]);
+        for row in rows.lines() {
+            let mut f = row.split_whitespace();
+            let (Some(id), pid) = (f.next(), f.next()) else {
+                continue;
+            };
+            if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                continue;
+            }
             eprintln!("soak: removing a leftover container {id}");
             let _ = Command::new("docker").args(["rm", "-f", id]).output();
         }
@@ -87,9 +104,11 @@ impl Fleet {
             names: Vec::new(),
             ids: Vec::new(),
             ctl: ctl.to_path_buf(),
+            last: std::cell::RefCell::new(vec![0; count]),
         };
         fleet.set_rate(per_tick);
         let lbl = format!("ferry.soak={label}");
+        let pid = format!("ferry.soak.pid={}", std::process::id());
         let volume = format!("{}:/ctl", ctl.display());
         for i in 0..count {
             let name = format!("c{i:02}");
@@ -101,6 +120,8 @@ impl Fleet {
                 &container,
                 "--label",
                 &lbl,
+                "--label",
+                &pid,
                 "--log-driver",
                 "json-file",
                 "--log-opt",
@@ -135,15 +156,15 @@ impl Fleet {
 
     /// Lines written so far, per container (as each last reported it).
     pub fn written(&self) -> Vec<u64> {
-        self.names
-            .iter()
-            .map(|n| {
-                std::fs::read_to_string(self.ctl.join(format!("n-{n}")))
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect()
+        let mut last = self.last.borrow_mut();
+        for (n, seen) in self.names.iter().zip(last.iter_mut()) {
+            let now: u64 = std::fs::read_to_string(self.ctl.join(format!("n-{n}")))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            *seen = (*seen).max(now);
+        }
+        last.clone()
     }
 
     /// Stops every container after its current tick; returns (name, lines written).

@@ -52,8 +52,8 @@ pub struct Tmpfs {
     pub path: PathBuf,
 }
 
-/// The source name every soak tmpfs is mounted with, so a run that was SIGKILLed itself can
-/// be cleaned up by the next one.
+/// The source name every soak tmpfs is mounted with (followed by `-<harness pid>`), so a run
+/// that was SIGKILLed itself can be cleaned up by the next one.
 const TMPFS_SOURCE: &str = "ferry-soak-queue";
 
 impl Tmpfs {
@@ -62,7 +62,7 @@ impl Tmpfs {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])
             .arg(format!("size={bytes}"))
-            .arg(TMPFS_SOURCE)
+            .arg(format!("{TMPFS_SOURCE}-{}", std::process::id()))
             .arg(path)
             .output()
             .expect("mount runs");
@@ -76,12 +76,19 @@ impl Tmpfs {
         }
     }
 
-    /// Unmounts tmpfs left behind by an earlier run that could not clean up.
+    /// Unmounts tmpfs left behind by an earlier run that could not clean up (whose harness
+    /// process is gone).
     pub fn unmount_leftovers() {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         for line in mounts.lines() {
             let mut f = line.split_whitespace();
-            if f.next() == Some(TMPFS_SOURCE) {
+            let Some(pid) = f
+                .next()
+                .and_then(|s| s.strip_prefix(TMPFS_SOURCE)?.strip_prefix('-'))
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
                 if let Some(target) = f.next() {
                     eprintln!("soak: unmounting a leftover tmpfs at {target}");
                     let _ = Command::new("umount").arg(target).status();
