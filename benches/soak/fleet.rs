@@ -12,19 +12,7 @@ use crate::stack::pause;
 /// Seconds a container sleeps between two bursts of lines.
 pub const TICK_SECONDS: f64 = 0.1;
 
-/// Runs the docker CLI; panics with its stderr when it fails.
-pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+pub use crate::util::docker_cli as docker;
 
 /// Which lines are written to fail Elasticsearch's mapping: with `bad_every` = B > 0, line `n`
 /// of every container when `n >= 100` and `n % B == B - 1` (line 0 of each container always

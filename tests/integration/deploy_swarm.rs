@@ -373,29 +373,9 @@ fn swarm_stack_ships_a_services_lines_once_in_order_through_a_rolling_agent_rest
     );
 }
 
-/// CPU seconds (user + system) and resident set (current, peak) of a host process, from /proc.
+/// CPU seconds (user + system) and resident set (current, peak) of a host process.
 fn process_cost(pid: &str) -> (f64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        ticks / crate::util::clock_ticks(),
-        kib("VmRSS:") * 1024,
-        kib("VmHWM:") * 1024,
-    )
+    crate::util::process_usage(pid.parse().expect("a process id"))
 }
 
 /// A measurement, not a check: the agent's CPU and memory on this node under the shipped stack

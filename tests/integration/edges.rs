@@ -423,19 +423,7 @@ fn random_rotations_truncations_backpressure_and_sigkills_lose_and_duplicate_not
     }
 }
 
-/// Runs the docker CLI; panics with its stderr when it fails.
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::util::docker_cli as docker;
 
 /// Removes the test's container when dropped (also on panic).
 struct Container(String);

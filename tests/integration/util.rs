@@ -347,3 +347,46 @@ pub fn clock_ticks() -> f64 {
             .unwrap_or(100.0)
     })
 }
+
+/// (user + system CPU seconds, RSS now, peak RSS) of a live process, from /proc (zeros for what
+/// cannot be read: the process is gone).
+#[allow(dead_code)]
+pub fn process_usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        ticks / clock_ticks(),
+        kib("VmRSS:") * 1024,
+        kib("VmHWM:") * 1024,
+    )
+}
+
+/// Runs the docker CLI; panics with its stderr when it fails.
+#[allow(dead_code)]
+pub fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
