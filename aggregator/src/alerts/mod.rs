@@ -704,13 +704,7 @@ pub mod support {
         pub fn load(paths: &[PathBuf], interval: Duration) -> Result<Evaluator, Vec<String>> {
             let groups = rules::load(paths, interval)
                 .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-            let retention = retention_for(&groups, interval);
-            Ok(Evaluator {
-                groups: groups.into_iter().map(GroupState::new).collect(),
-                history: History::new(retention),
-                registry: Metrics::default(),
-                scratch: String::new(),
-            })
+            Ok(Evaluator::of(groups, interval))
         }
 
         /// [`Evaluator::load`] of one rule file's text (named `rules.yml` in problems), for
@@ -718,13 +712,18 @@ pub mod support {
         pub fn from_text(text: &str, interval: Duration) -> Result<Evaluator, Vec<String>> {
             let groups = rules::parse_file(Path::new("rules.yml"), text, interval)
                 .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+            Ok(Evaluator::of(groups, interval))
+        }
+
+        /// An evaluator of loaded `groups`, its history kept as long as they need.
+        fn of(groups: Vec<rules::Group>, interval: Duration) -> Evaluator {
             let retention = retention_for(&groups, interval);
-            Ok(Evaluator {
+            Evaluator {
                 groups: groups.into_iter().map(GroupState::new).collect(),
                 history: History::new(retention),
                 registry: Metrics::default(),
                 scratch: String::new(),
-            })
+            }
         }
 
         /// The lines of an exposition page that the history cannot read.
