@@ -72,6 +72,18 @@ pub(crate) fn siblings(live: &Path, suffixes: &[glob::Pattern]) -> Vec<Sibling> 
     out
 }
 
+impl Sibling {
+    /// Opens the sibling, checking that the file opened is the one listed: between the listing
+    /// and the open, a writer rotating on its own schedule may have renamed another file to this
+    /// name (`name.1` becomes `name.2` and a new copy `name.1`). `None` when the name no longer
+    /// holds the listed file: the next listing sees it where it went.
+    pub fn open(&self) -> Option<fs::File> {
+        let file = fs::File::open(&self.path).ok()?;
+        let meta = file.metadata().ok()?;
+        (FileKey::of(&meta) == self.key).then_some(file)
+    }
+}
+
 /// The configured suffix patterns (validated at load; invalid ones are skipped).
 pub(crate) fn patterns(suffixes: &[String]) -> Vec<glob::Pattern> {
     suffixes
@@ -125,6 +137,31 @@ mod tests {
         assert_eq!(got_names, rotated);
         assert!(got.iter().all(|(n, c)| *c == n.ends_with(".gz")));
         assert!(siblings(&live, &[]).is_empty());
+    }
+
+    #[test]
+    fn opening_a_sibling_renamed_over_since_the_listing_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        fs::write(dir.path().join("app.log.1"), "older\n").unwrap();
+        let suffixes = patterns(&crate::config::default_rotated_suffixes());
+        let listed = siblings(&live, &suffixes);
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].open().is_some());
+        // The writer rotates: app.log.1 moves to app.log.2 and a new copy takes its name.
+        fs::rename(dir.path().join("app.log.1"), dir.path().join("app.log.2")).unwrap();
+        fs::write(dir.path().join("app.log.1"), "newer\n").unwrap();
+        assert!(
+            listed[0].open().is_none(),
+            "another file under the listed name"
+        );
+        let again = siblings(&live, &suffixes);
+        let opened: Vec<String> = again
+            .iter()
+            .map(|s| std::io::read_to_string(s.open().unwrap()).unwrap())
+            .collect();
+        assert_eq!(opened.len(), 2);
+        assert!(opened.contains(&"older\n".to_string()) && opened.contains(&"newer\n".to_string()));
     }
 
     #[test]

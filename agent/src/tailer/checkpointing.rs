@@ -18,7 +18,6 @@ use super::Tailer;
 use crate::checkpoint::{Entry, Update};
 use crate::fingerprint::{fingerprint, holds, tail_hash_at, FileKey, Head};
 use crate::multiline::SourceRef;
-use crate::rotated::siblings;
 use crate::sealed::Sealed;
 
 impl Tailer {
@@ -96,15 +95,13 @@ impl Tailer {
             .is_ok()
     }
 
-    /// A closed file's source: kept as finished while the file is still on disk among the rotated
-    /// siblings of `home` (so it is never read again), forgotten otherwise.
+    /// A closed file's source: kept as finished while the file is still on disk (so it is never
+    /// read again; forgotten once listings of its siblings stop finding it), forgotten at once
+    /// when it was deleted. Not decided by a listing: one made while a writer renames the
+    /// siblings can miss the file.
     pub(super) fn retire(&mut self, f: TailedFile) {
         let Some(source) = f.source else { return };
-        let present = !f.deleted
-            && siblings(&f.home, &self.s.rotated_suffixes)
-                .iter()
-                .any(|s| s.key == f.key);
-        if !present {
+        if f.deleted {
             self.removals.push(source.r.fingerprint.clone());
             return;
         }
@@ -130,8 +127,9 @@ pub(super) enum Established {
     NoHead,
     /// Its source is set: read on.
     Ready,
-    /// Ready; these checkpointed sources (fingerprint, entry) of its inode are no longer in it
-    /// (truncated, or truncated and written again, their rest perhaps in a copy).
+    /// These checkpointed sources (fingerprint, entry) of its inode are no longer in it
+    /// (truncated, or truncated and written again, their rest perhaps in a copy); the file is
+    /// ready when it has a head, else it has none yet (looked at again).
     Replaced(Vec<(String, Entry)>),
 }
 
@@ -145,7 +143,18 @@ pub(super) fn establish(
 ) -> Established {
     let head = match Head::read(&f.file) {
         Ok(Some(head)) => head,
-        Ok(None) => return Established::NoHead,
+        // Every checkpointed source of this inode had a head: without one now, the file was
+        // truncated while the agent was down, and their rest can only be in copies (read now,
+        // not when the file is written again: it may never be).
+        Ok(None) => match restored.remove(&f.key) {
+            Some(entries) => {
+                info!(path = %f.path.display(), "File truncated while the agent was down and empty since; looking for a copy");
+                let last = entries.iter().map(|(_, e)| e.generation).max();
+                f.generation = last.map_or(0, |g| g + 1);
+                return Established::Replaced(entries);
+            }
+            None => return Established::NoHead,
+        },
         Err(error) => {
             warn!(path = %f.path.display(), %error, "Cannot read the head of a file");
             return Established::NoHead;
@@ -177,7 +186,7 @@ pub(super) fn establish(
     }
     let resumed_at_entry = resumed.is_some();
     let fp = resumed.unwrap_or_else(|| fingerprint(host, f.key, &head, f.generation));
-    info!(path = %f.path.display(), fingerprint = %fp, offset = start, "Tailing file");
+    info!(path = %f.path.display(), ino = f.key.ino, fingerprint = %fp, offset = start, "Tailing file");
     f.source = Some(Source {
         r: Arc::new(SourceRef {
             fingerprint: fp,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::decode::Decoder;
-use crate::fingerprint::{FileKey, TAIL_BYTES};
+use crate::fingerprint::{hash_tail, tail_hash_at, FileKey, Head, TAIL_BYTES};
 use crate::multiline::SourceRef;
 
 /// Identity of one generation of a file.
@@ -110,6 +110,23 @@ impl TailedFile {
         {
             self.tail.clear();
         }
+    }
+
+    /// Whether the file still holds its source where reading stands: the same first line, and
+    /// the same bytes just before the read position. `false` once it was truncated (and perhaps
+    /// written again); `true` without a source, and when the head cannot be read (an I/O error
+    /// is not a truncation).
+    pub(super) fn holds_source(&self) -> bool {
+        let Some(source) = &self.source else {
+            return true;
+        };
+        let head = match Head::read(&self.file) {
+            Ok(Some(head)) => head.hash() == source.head_hash,
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        head && (self.tail.is_empty()
+            || tail_hash_at(&self.file, self.pos).as_deref() == Some(&hash_tail(&self.tail)))
     }
 
     /// Appends what was just consumed (`data`, ending at the new `pos`) to the remembered tail.

@@ -137,6 +137,9 @@ pub(crate) struct Tailer {
     /// Rotated files read to their end and still on disk (checkpoint entries with `finished`), by
     /// (dev, ino): never read again.
     finished: HashMap<FileKey, (String, Entry)>,
+    /// Finished files missing from the latest listings of their siblings, with how many listings
+    /// in a row missed them (a listing made while a writer renames files can miss one).
+    unlisted: HashMap<FileKey, u32>,
     /// True until the first scan is done; `first_start` is the agent's very first start.
     first_scan: bool,
     first_start: bool,
@@ -217,6 +220,7 @@ impl Tailer {
             files: BTreeMap::new(),
             restored: by_key,
             finished,
+            unlisted: HashMap::new(),
             first_scan: true,
             first_start,
             legacy,

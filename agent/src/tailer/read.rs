@@ -73,6 +73,12 @@ impl Reader {
                 f.eof_since.get_or_insert_with(Instant::now);
                 return turn;
             }
+            // The file was checked before this read, but a writer on its own schedule may have
+            // truncated and refilled it since: then these bytes are another generation's, not
+            // the rest of this source. Left unread; the next check finds the truncation.
+            if !f.holds_source() {
+                return turn;
+            }
             let base = f.pos;
             let chunk = &self.buf[..n];
             let mut start = 0;
@@ -335,6 +341,49 @@ mod tests {
         assert_eq!(out[0].message, "next");
         assert_eq!(f.committable(None), std::fs::metadata(&path).unwrap().len());
         assert!(max_buf <= s.max_line_bytes + s.read_buffer_bytes);
+    }
+
+    /// The file is checked for truncation before a read, but a writer may truncate and refill it
+    /// between the check and the read: the bytes then read are another generation's and must not
+    /// be emitted as the rest of this source (found by the copytruncate edge test: they came out
+    /// under the old fingerprint and again from the copy).
+    #[test]
+    fn bytes_of_a_file_truncated_and_refilled_since_the_check_are_not_read_as_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "first generation line 1\nline 2\n").unwrap();
+        let s = settings(64 * 1024, 4096);
+        let mut f = open(&path, &s);
+        let mut reader = reader(&s);
+        let mut max_buf = 0;
+        let out = drain(&mut f, &mut reader, &mut max_buf);
+        assert_eq!(out.len(), 2);
+        let pos = f.pos;
+
+        // Truncated and written again, past the read position, without a check in between.
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        w.set_len(0).unwrap();
+        std::fs::write(
+            &path,
+            "second generation, a longer first line\nmore\nand more\n",
+        )
+        .unwrap();
+        let out = drain(&mut f, &mut reader, &mut max_buf);
+        assert!(out.is_empty(), "read as the old source: {out:?}");
+        assert_eq!(f.pos, pos, "nothing consumed");
+        assert!(!f.holds_source());
+
+        // Same first line, other bytes before the read position: also another generation.
+        std::fs::write(&path, "first generation line 1\nLINE 2\nline 3\n").unwrap();
+        let out = drain(&mut f, &mut reader, &mut max_buf);
+        assert!(out.is_empty(), "read as the old source: {out:?}");
+        assert!(!f.holds_source());
+
+        // Only appended to: read on.
+        std::fs::write(&path, "first generation line 1\nline 2\nline 3\n").unwrap();
+        let out = drain(&mut f, &mut reader, &mut max_buf);
+        let msgs: Vec<&str> = out.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(msgs, ["line 3"]);
     }
 
     #[test]

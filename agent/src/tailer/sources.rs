@@ -163,8 +163,8 @@ impl Tailer {
             return true;
         }
         self.finished.get(&sibling.key).is_some_and(|(_, e)| {
-            File::open(&sibling.path)
-                .ok()
+            sibling
+                .open()
                 .and_then(|f| Head::read(&f).ok().flatten())
                 .is_some_and(|h| h.hash() == e.head_hash)
         })
@@ -181,27 +181,36 @@ impl Tailer {
         if self.restored.contains_key(&sibling.key) {
             return Claim::Taken; // resumed in place by the scan
         }
-        let Ok(file) = File::open(&sibling.path) else {
-            return Claim::Taken; // gone meanwhile: nothing to read
+        let Some(file) = sibling.open() else {
+            return Claim::Taken; // gone or renamed meanwhile: the next listing sees it
         };
         let Ok(Some(head)) = Head::read(&file) else {
             return Claim::Taken; // no head yet: looked at again next time
         };
         let hash = head.hash();
+        // The copy of a checkpointed source (or one still being made, shorter than the
+        // checkpoint): the checkpoint is followed into it when its file is first read. Until
+        // then a file that only shares the first line waits too, and is read once the
+        // checkpoints are settled.
         let restored = self
             .restored
             .values()
             .flatten()
-            .any(|(_, e)| e.head_hash == hash && sibling.len >= e.offset);
+            .any(|(_, e)| e.head_hash == hash);
         if restored {
-            return Claim::Taken; // the scan follows the checkpoint into it
+            return Claim::Taken;
         }
+        // A copy of what was read, or a copy still being made (shorter than what was read, and
+        // the same bytes as the open file up to its end): read on its own, it would repeat lines.
         let open = self.files.values().any(|f| {
             f.source.as_ref().is_some_and(|s| {
                 s.head_hash == hash
-                    && sibling.len >= f.pos
-                    && (f.tail.is_empty()
-                        || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail)))
+                    && if sibling.len >= f.pos {
+                        f.tail.is_empty()
+                            || tail_hash_at(&file, f.pos).as_deref() == Some(&hash_tail(&f.tail))
+                    } else {
+                        tail_hash_at(&file, sibling.len) == tail_hash_at(&f.file, sibling.len)
+                    }
             })
         });
         if open {
@@ -234,7 +243,7 @@ impl Tailer {
                 Claim::Pending => break,
                 Claim::Free => {}
             }
-            let Ok(file) = File::open(&sibling.path) else {
+            let Some(file) = sibling.open() else {
                 continue;
             };
             if adopt {
@@ -257,7 +266,7 @@ impl Tailer {
                 self.finished.insert(sibling.key, (fp, entry));
                 continue;
             }
-            info!(path = %sibling.path.display(), live = %live.display(), "Reading a rotated file the agent never read");
+            info!(path = %sibling.path.display(), ino = sibling.key.ino, live = %live.display(), "Reading a rotated file the agent never read");
             // Its own group: its multiline events do not mix with the live file's.
             if !self.join_group(&sibling.path, live) {
                 return;
@@ -311,16 +320,18 @@ impl Tailer {
         reason: LostReason,
     ) {
         let live = PathBuf::from(&entry.path);
-        let all = siblings(&live, &self.s.rotated_suffixes);
         let tail = entry.tail_hash.as_deref();
-        let holder = all
-            .iter()
-            .filter(|s| !s.compressed && s.len >= entry.offset)
-            .filter(|s| Some(s.key) == key || !self.taken(s))
-            .find_map(|s| {
-                let file = File::open(&s.path).ok()?;
-                holds(&file, &entry.head_hash, entry.offset, tail).then(|| (s.clone(), file))
-            });
+        let mut all = Vec::new();
+        let holder = relisting(|| {
+            all = siblings(&live, &self.s.rotated_suffixes);
+            all.iter()
+                .filter(|s| !s.compressed && s.len >= entry.offset)
+                .filter(|s| Some(s.key) == key || !self.taken(s))
+                .find_map(|s| {
+                    let file = s.open()?;
+                    holds(&file, &entry.head_hash, entry.offset, tail).then(|| (s.clone(), file))
+                })
+        });
         let Some((sibling, file)) = holder else {
             let reason = match all.iter().any(|s| s.compressed) {
                 true => LostReason::Compressed,
@@ -361,9 +372,12 @@ impl Tailer {
         self.files.insert(sibling.key, f);
     }
 
-    /// Forgets finished rotated files that are no longer on disk.
+    /// Forgets finished rotated files that are no longer on disk: missing from
+    /// [`UNLISTED_SCANS`] listings of their siblings in a row (one listing made while a writer
+    /// renames files can miss a file that is there; forgotten, it would be read again).
     pub(super) fn prune_finished(&mut self) {
         if self.finished.is_empty() {
+            self.unlisted.clear();
             return;
         }
         let mut present: HashMap<String, HashSet<FileKey>> = HashMap::new();
@@ -380,7 +394,14 @@ impl Tailer {
                 gone.push(*key);
             }
         }
+        let mut misses = HashMap::with_capacity(gone.len());
+        for key in &gone {
+            misses.insert(*key, self.unlisted.get(key).map_or(1, |n| n + 1));
+        }
+        self.unlisted = misses;
+        gone.retain(|key| self.unlisted[key] >= UNLISTED_SCANS);
         for key in gone {
+            self.unlisted.remove(&key);
             if let Some((fp, _)) = self.finished.remove(&key) {
                 debug!(fingerprint = %fp, "Finished rotated file is gone; forgetting it");
                 self.removals.push(fp);
@@ -401,28 +422,23 @@ impl Tailer {
         let known = f.size_seen.max(f.pos);
         f.size_seen = len;
         let head_hash = source.head_hash.clone();
-        let truncated = len < f.pos
-            || match Head::read(&f.file) {
-                Ok(Some(head)) => head.hash() != head_hash,
-                Ok(None) => true,
-                Err(_) => false,
-            }
-            || (!f.tail.is_empty()
-                && tail_hash_at(&f.file, f.pos).as_deref() != Some(&hash_tail(&f.tail)));
+        let truncated = len < f.pos || !f.holds_source();
         if !truncated {
             return;
         }
         let (pos, tail) = (f.pos, hash_tail(&f.tail));
         let tail = (!f.tail.is_empty()).then_some(tail);
         let home = f.home.clone();
-        let copy = siblings(&home, &self.s.rotated_suffixes)
-            .into_iter()
-            .filter(|s| !s.compressed && s.len >= pos && s.key != key)
-            .filter(|s| !self.taken(s))
-            .find_map(|s| {
-                let file = File::open(&s.path).ok()?;
-                holds(&file, &head_hash, pos, tail.as_deref()).then_some((s, file))
-            });
+        let copy = relisting(|| {
+            siblings(&home, &self.s.rotated_suffixes)
+                .into_iter()
+                .filter(|s| !s.compressed && s.len >= pos && s.key != key)
+                .filter(|s| !self.taken(s))
+                .find_map(|s| {
+                    let file = s.open()?;
+                    holds(&file, &head_hash, pos, tail.as_deref()).then_some((s, file))
+                })
+        });
         let read_time = read_time();
         let Some(f) = self.files.get_mut(&key) else {
             return;
@@ -520,7 +536,7 @@ impl Tailer {
         }
         for key in close {
             if let Some(f) = self.files.remove(&key) {
-                info!(path = %f.path.display(), deleted = f.deleted, offset = f.pos, "Closed drained file");
+                info!(path = %f.path.display(), ino = f.key.ino, deleted = f.deleted, offset = f.pos, "Closed drained file");
                 if let Some(g) = self.groups.get_mut(&f.group) {
                     g.files = g.files.saturating_sub(1);
                     // Without a successor at its path, nothing can continue its pending events.
@@ -560,6 +576,30 @@ fn is_glob_parent(include: &[String], dir: &Path) -> bool {
         .iter()
         .any(|p| crate::watcher::glob_parent(p) == dir)
 }
+
+/// Runs `find` (a search of a fresh listing of siblings) until it finds something: up to
+/// [`LISTINGS`] times, 1, 2, 4, … ms apart. A listing made while a writer renames the siblings
+/// (`name.1` to `name.2`, …) can miss the very file it looks for; one made a little later, when
+/// the renames are done, does not. Only searches whose failure loses data (a source whose copy
+/// is not found) list again; they run at a truncation or a restart, not on every read.
+fn relisting<T>(mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    for attempt in 0..LISTINGS {
+        if let Some(found) = find() {
+            return Some(found);
+        }
+        if attempt + 1 < LISTINGS {
+            std::thread::sleep(std::time::Duration::from_millis(1 << attempt));
+        }
+    }
+    None
+}
+
+/// How many listings look for the copy holding a source before its rest is reported lost
+/// (the waits between them add up to 63 ms).
+const LISTINGS: u32 = 7;
+
+/// How many scans in a row must miss a finished rotated file before it is forgotten.
+const UNLISTED_SCANS: u32 = 3;
 
 /// What [`Tailer::claimed`] found a rotated sibling to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
