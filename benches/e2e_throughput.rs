@@ -4,7 +4,8 @@
 //! ```text
 //! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE]
 //!                                        [--sink discard|local|elasticsearch]
-//!                                        [--compression zstd|gzip|none] [--format docker|plain]
+//!                                        [--compression zstd|gzip|none] [--compression-level L]
+//!                                        [--format docker|plain]
 //!                                        [--parser RULE] [--floor] [--output discard]
 //!                                        [--outage-after-seconds A --outage-seconds N]
 //!                                        [--rate LINES_PER_SECOND --seconds N]
@@ -40,6 +41,8 @@ struct Args {
     input: Option<PathBuf>,
     sink: String,
     compression: String,
+    /// The agent's `compression_level` (its default when not given).
+    compression_level: Option<i32>,
     format: String,
     parser: Option<String>,
     floor: bool,
@@ -57,6 +60,7 @@ fn parse_args() -> Args {
         input: None,
         sink: "discard".into(),
         compression: "zstd".into(),
+        compression_level: None,
         format: "docker".into(),
         parser: None,
         floor: false,
@@ -74,6 +78,13 @@ fn parse_args() -> Args {
             "--input" => a.input = Some(value().into()),
             "--sink" => a.sink = value(),
             "--compression" => a.compression = value(),
+            "--compression-level" => {
+                a.compression_level = Some(
+                    value()
+                        .parse()
+                        .expect("--compression-level takes an integer"),
+                )
+            }
             "--format" => a.format = value(),
             "--parser" => a.parser = Some(value()),
             "--floor" => a.floor = true,
@@ -174,6 +185,9 @@ fn main() {
         "format = \"{format}\"\ncompression = \"{}\"\n",
         args.compression
     );
+    if let Some(level) = args.compression_level {
+        agent_extra.push_str(&format!("compression_level = {level}\n"));
+    }
     if let Some(rule) = &args.parser {
         agent_extra.push_str(&format!("parser = \"{rule}\"\n"));
     }
@@ -205,7 +219,14 @@ fn main() {
     let destination = if args.discard {
         "agent output = discard".to_owned()
     } else {
-        format!("aggregator, {} sink, {}", args.sink, args.compression)
+        let level = args
+            .compression_level
+            .map(|l| format!(" level {l}"))
+            .unwrap_or_default();
+        format!(
+            "aggregator, {} sink, {}{level}",
+            args.sink, args.compression
+        )
     };
 
     let aggregator = w.start_aggregator(&config);

@@ -98,8 +98,9 @@ pub struct AgentConfig {
     /// Compression of batch bodies: `zstd` (default: the cheapest in CPU per byte saved), `gzip`,
     /// or `none` (for a same-host aggregator).
     pub compression: CompressionConfig,
-    /// Compression level: gzip 0 (store) to 9 (smallest), zstd 1 (fastest) to 19. Default 1.
-    pub compression_level: u32,
+    /// Compression level: gzip 0 (store) to 9 (smallest); zstd −7 (fastest, zstd's "fast"
+    /// levels) to 19 (smallest). Default 1.
+    pub compression_level: i32,
     /// First retry delay after a failed send, in milliseconds. Default 100.
     pub backoff_initial_ms: u64,
     /// Longest retry delay (also caps a server's `Retry-After`), in milliseconds. Default 30000.
@@ -276,7 +277,7 @@ pub const fn default_batch_max_age_ms() -> u64 {
     1000
 }
 /// Default for [`AgentConfig::compression_level`].
-pub const fn default_compression_level() -> u32 {
+pub const fn default_compression_level() -> i32 {
     1
 }
 /// Default for [`AgentConfig::backoff_initial_ms`].
@@ -563,17 +564,20 @@ impl AgentConfig {
         }
         let levels = match self.compression {
             CompressionConfig::Gzip => 0..=9,
-            CompressionConfig::Zstd => 1..=19,
-            CompressionConfig::None => 0..=u32::MAX,
+            CompressionConfig::Zstd => -7..=19,
+            CompressionConfig::None => i32::MIN..=i32::MAX,
         };
-        if !levels.contains(&self.compression_level) {
+        // zstd's level 0 means "its default" (3): a slower level than one would guess.
+        let zstd_zero = self.compression == CompressionConfig::Zstd && self.compression_level == 0;
+        if !levels.contains(&self.compression_level) || zstd_zero {
             bad(
                 "compression_level".into(),
                 format!(
-                    "{} is not in {}..={} for {:?}",
+                    "{} is not in {}..={}{} for {:?}",
                     self.compression_level,
                     levels.start(),
                     levels.end(),
+                    if zstd_zero { " (0 excluded)" } else { "" },
                     self.compression
                 ),
             );
@@ -589,10 +593,11 @@ impl AgentConfig {
         match self.compression {
             CompressionConfig::None => ferry_wire::Compression::None,
             CompressionConfig::Zstd => ferry_wire::Compression::Zstd {
-                level: self.compression_level as i32,
+                level: self.compression_level,
             },
             CompressionConfig::Gzip => ferry_wire::Compression::Gzip {
-                level: self.compression_level,
+                // Validated: 0..=9.
+                level: self.compression_level.clamp(0, 9) as u32,
             },
         }
     }
@@ -648,6 +653,35 @@ mod tests {
     fn unknown_field_is_refused() {
         let err = toml::from_str::<AgentConfig>("max_line_byte = 3").unwrap_err();
         assert!(err.to_string().contains("max_line_byte"), "{err}");
+    }
+
+    #[test]
+    fn zstd_takes_its_fast_levels_and_gzip_does_not() {
+        let with = |compression, compression_level| AgentConfig {
+            compression,
+            compression_level,
+            ..AgentConfig::default()
+        };
+        for level in [-7, -1, 1, 19] {
+            let cfg = with(CompressionConfig::Zstd, level);
+            cfg.validate().unwrap();
+            assert_eq!(
+                cfg.wire_compression(),
+                ferry_wire::Compression::Zstd { level }
+            );
+        }
+        for (compression, level) in [
+            (CompressionConfig::Zstd, -8),
+            (CompressionConfig::Zstd, 0),
+            (CompressionConfig::Zstd, 20),
+            (CompressionConfig::Gzip, -1),
+            (CompressionConfig::Gzip, 10),
+        ] {
+            let err = with(compression, level).validate().unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert_eq!(err.problems[0].field, "compression_level");
+            assert!(err.to_string().contains(&level.to_string()), "{err}");
+        }
     }
 
     #[test]
