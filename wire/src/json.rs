@@ -233,13 +233,11 @@ pub fn write_i64(out: &mut Vec<u8>, n: i64) {
 const LANES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of the eight in `w` is `"`, `\` or below 0x20. Each test is the classic
-/// "has a zero byte" bit trick, which never misses one (it may misplace it, which does not
-/// matter here: a flagged chunk is escaped byte by byte).
-fn needs_escape(w: u64) -> bool {
-    escape_bits(w) != 0
-}
 
+/// The high bit of each byte of the eight in `w` that is `"`, `\` or below 0x20 (byte 0 is the
+/// lowest). Each test is the classic "has a zero byte" bit trick, which never misses one; a byte
+/// just above a flagged one may be flagged too (the subtraction borrows), so a flag is a
+/// candidate to check, not a verdict.
 fn escape_bits(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(LANES) & !v & HIGH;
     let control = w.wrapping_sub(LANES * 0x20) & !w & HIGH;
@@ -277,52 +275,65 @@ fn write_str_noting(out: &mut Vec<u8>, s: &str, mut escaped: Option<&mut Vec<usi
     let bytes = s.as_bytes();
     let mut start = 0; // first byte not yet copied
     let mut i = 0;
-    while i < bytes.len() {
-        // Sixteen bytes a turn while nothing needs escaping, then eight.
+    while i + 8 <= bytes.len() {
+        // Sixteen bytes a turn while nothing needs escaping.
         if let Some(chunk) = bytes.get(i..i + 16) {
             if escape_bits(word(&chunk[..8])) | escape_bits(word(&chunk[8..])) == 0 {
                 i += 16;
                 continue;
             }
         }
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            if !needs_escape(word(chunk)) {
-                i += 8;
-                continue;
-            }
+        // Then the flagged bytes of eight, lowest first. A byte just above a flagged one can be
+        // flagged too (the subtraction borrows), so each is checked; none is ever missed.
+        let mut bits = escape_bits(word(&bytes[i..i + 8]));
+        while bits != 0 {
+            let j = i + (bits.trailing_zeros() / 8) as usize;
+            bits &= bits - 1;
+            escape_at(out, bytes, j, &mut start, escaped.as_deref_mut());
         }
-        let end = (i + 8).min(bytes.len());
-        for j in i..end {
-            let b = bytes[j];
-            let escape: &[u8] = match b {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0x08 => b"\\b",
-                0x0c => b"\\f",
-                0x00..=0x1f => &[],
-                _ => continue,
-            };
-            out.extend_from_slice(&bytes[start..j]);
-            start = j + 1;
-            if let Some(positions) = escaped.as_deref_mut() {
-                positions.push(j);
-            }
-            if escape.is_empty() {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            } else {
-                out.extend_from_slice(escape);
-            }
-        }
-        i = end;
+        i += 8;
+    }
+    for j in i..bytes.len() {
+        escape_at(out, bytes, j, &mut start, escaped.as_deref_mut());
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Escapes `bytes[j]` if JSON needs it: copies what lies before it since `start` and its escape.
+#[inline]
+fn escape_at(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    j: usize,
+    start: &mut usize,
+    escaped: Option<&mut Vec<usize>>,
+) {
+    let b = bytes[j];
+    let escape: &[u8] = match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        0x00..=0x1f => &[],
+        _ => return,
+    };
+    out.extend_from_slice(&bytes[*start..j]);
+    *start = j + 1;
+    if let Some(positions) = escaped {
+        positions.push(j);
+    }
+    if escape.is_empty() {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.extend_from_slice(b"\\u00");
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    } else {
+        out.extend_from_slice(escape);
+    }
 }
 
 fn needs_escape_byte(b: u8) -> bool {
@@ -435,6 +446,39 @@ pub(crate) mod tests {
                     "byte {b:#x} after {pad}"
                 );
             }
+        }
+    }
+
+    /// Random strings dense in bytes to escape (runs of them, multi-byte characters between):
+    /// the bytes serde_json writes, and every escaped byte noted once, in order.
+    #[test]
+    fn dense_escapes_write_what_serde_json_writes_and_note_every_position() {
+        let alphabet = [
+            '"', '\\', '\n', '\u{1}', '\u{1f}', 'a', 'é', '€', '\t', ' ', '\u{7f}',
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut out = Vec::new();
+        let mut positions = Vec::new();
+        for len in 0..200 {
+            let s: String = (0..len)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    alphabet[(rng % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            out.clear();
+            positions.clear();
+            write_str_noting(&mut out, &s, Some(&mut positions));
+            assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            let expected: Vec<usize> = s
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| needs_escape_byte(b))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(positions, expected, "{s:?}");
         }
     }
 
