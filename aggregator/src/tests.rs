@@ -227,16 +227,27 @@ async fn accepted_batch_is_stored_once_even_when_replayed_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_of_both_batch_format_versions_are_stored_alike() {
-    // An agent of before version 2 sends version 1, an upgraded one version 2, side by side.
+async fn agents_of_every_batch_format_version_are_stored_alike() {
+    // Agents of before version 2 send version 1, later ones version 2 or 3, side by side.
+    // Version 3 leaves out the ids derived from fingerprint and offset (all of these): the
+    // aggregator derives them again.
     let tmp = tempfile::tempdir().unwrap();
     let handle = start(config(tmp.path())).await.unwrap();
     let records = crate::local::tests::varied_records();
     let mut sent = 0;
     for (i, chunk) in records.chunks(10).enumerate() {
-        let mut b = BatchBuilder::with_version("node-1", [1, 2][i % 2]);
+        let version = [1, 2, 3][i % 3];
+        let mut b = BatchBuilder::with_version("node-1", version);
         for r in chunk {
-            b.push_log(r);
+            assert_eq!(
+                r.event.id,
+                ferry_wire::event_id(&r.log.file.fingerprint, r.log.offset)
+            );
+            let mut r = r.clone();
+            if version == 3 {
+                r.event.id.clear();
+            }
+            b.push_log(&r);
         }
         let reply = post(
             &handle,

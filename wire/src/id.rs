@@ -20,6 +20,13 @@ pub fn source_id(device: u64, inode: u64, head: &[u8], generation: u32) -> Strin
 /// `event.id` of the record that starts at (or, for joined records, is completed by the line at)
 /// `offset` in `source`: 32 lowercase hex characters.
 pub fn event_id(source: &str, offset: u64) -> String {
+    let hex = event_id_bytes(source, offset);
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
+}
+
+/// [`event_id`] without an allocation: its 32 ASCII bytes (the aggregator writes the id of every
+/// record of a version 3 batch, which leaves it out).
+pub fn event_id_bytes(source: &str, offset: u64) -> [u8; 32] {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(source.as_bytes());
     hasher.update(&offset.to_le_bytes());
@@ -27,13 +34,13 @@ pub fn event_id(source: &str, offset: u64) -> String {
 }
 
 /// `{:032x}` without the formatting machinery (this runs once per record).
-fn hex128(n: u128) -> String {
+fn hex128(n: u128) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> = (0..32)
-        .rev()
-        .map(|i| HEX[((n >> (i * 4)) & 0xf) as usize])
-        .collect();
-    String::from_utf8(digits).expect("hex digits are ASCII")
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((n >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    digits
 }
 
 #[cfg(test)]

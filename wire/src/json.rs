@@ -18,20 +18,44 @@ pub fn write_log_record(
     escapes: &mut Escapes,
     extra: impl FnOnce(&mut Vec<u8>, &Escapes),
 ) {
-    write_record(out, record, escapes, extra, true);
+    write_record(out, record, escapes, extra, true, Id::AsIs);
+}
+
+/// What the writer does with an empty `event.id`, which in a batch stands for the id derived
+/// from the record's fingerprint and offset ([`crate::event_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Id {
+    /// Writes it as it is (the bytes serde_json writes).
+    AsIs,
+    /// Writes the derived id (batch versions 1 and 2).
+    Derive,
+    /// Leaves the member out (batch version 3; the aggregator derives it).
+    Omit,
+}
+
+/// [`write_log_record`] as a version 1 batch carries it: an empty id is written derived.
+pub(crate) fn write_log_record_deriving_id(
+    out: &mut Vec<u8>,
+    record: &LogRecord,
+    escapes: &mut Escapes,
+    extra: impl FnOnce(&mut Vec<u8>, &Escapes),
+) {
+    write_record(out, record, escapes, extra, true, Id::Derive);
 }
 
 /// [`write_log_record`] without the fields of the record's source (`log.file`, `container`,
 /// `kubernetes`, `host`), which a version 2 batch carries once per source. Returns where, from
 /// the record's first byte, `"file":{…},` goes back in (the start of `"offset":`); the rest of
-/// the source's fields go right after the `log` object (see [`crate::batch`]).
+/// the source's fields go right after the `log` object (see [`crate::batch`]). `id` says what
+/// becomes of an empty `event.id`.
 pub(crate) fn write_log_record_without_source(
     out: &mut Vec<u8>,
     record: &LogRecord,
     escapes: &mut Escapes,
     extra: impl FnOnce(&mut Vec<u8>, &Escapes),
+    id: Id,
 ) -> usize {
-    write_record(out, record, escapes, extra, false)
+    write_record(out, record, escapes, extra, false, id)
 }
 
 /// The one record writer; with `source` false it leaves out the source's fields and returns the
@@ -42,18 +66,35 @@ fn write_record(
     escapes: &mut Escapes,
     extra: impl FnOnce(&mut Vec<u8>, &Escapes),
     source: bool,
+    id: Id,
 ) -> usize {
     let start = out.len();
     out.extend_from_slice(b"{\"event\":{");
+    let mut comma = false;
     if let Some(ingested) = &record.event.ingested {
         out.extend_from_slice(b"\"ingested\":");
         write_str(out, ingested);
-        out.push(b',');
+        comma = true;
     }
-    out.extend_from_slice(b"\"id\":");
-    write_str(out, &record.event.id);
+    let derived = record.event.id.is_empty();
+    if !(derived && id == Id::Omit) {
+        if comma {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"id\":");
+        if derived && id == Id::Derive {
+            let id = crate::event_id(&record.log.file.fingerprint, record.log.offset);
+            write_str(out, &id);
+        } else {
+            write_str(out, &record.event.id);
+        }
+        comma = true;
+    }
     if let Some(created) = &record.event.created {
-        out.extend_from_slice(b",\"created\":");
+        if comma {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"created\":");
         write_str(out, created);
     }
     out.extend_from_slice(b"},\"@timestamp\":");
@@ -232,7 +273,6 @@ pub fn write_i64(out: &mut Vec<u8>, n: i64) {
 
 const LANES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
-
 
 /// The high bit of each byte of the eight in `w` that is `"`, `\` or below 0x20 (byte 0 is the
 /// lowest). Each test is the classic "has a zero byte" bit trick, which never misses one; a byte

@@ -22,7 +22,7 @@ pub use batch::{
     WIRE_VERSION,
 };
 pub use exposition::{escape_label_value, render_container_metrics, DurationHistogram};
-pub use id::{event_id, source_id};
+pub use id::{event_id, event_id_bytes, source_id};
 pub use json::{write_i64, write_log_record, write_plain_str, write_str, write_u64, Escapes};
 pub use record::{
     Container, ContainerImage, Event, Flag, Host, Kubernetes, KubernetesContainer, KubernetesPod,

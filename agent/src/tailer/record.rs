@@ -190,7 +190,9 @@ impl Batcher {
         source: &SourceRef,
         offset: u64,
     ) {
-        record.event.id = ferry_wire::event_id(&source.fingerprint, offset);
+        // Empty: the id derived from fingerprint and offset, which a version 3 batch leaves out
+        // (the aggregator derives it; written out for older versions).
+        record.event.id.clear();
         record.event.created = None;
         record.log.file.fingerprint.clone_from(&source.fingerprint);
         record.log.file.path.clone_from(&source.path);

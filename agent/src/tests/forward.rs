@@ -332,13 +332,13 @@ async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_los
     expected.extend(lines("b", 0..10));
     assert_eq!(agg.stored_messages(), expected);
     let reqs = agg.requests();
-    // One refusal of version 2, then version 1 only (within the fallback's time).
+    // One refusal of this build's version, then version 1 only (within the fallback's time).
     assert_eq!(
         reqs.iter()
             .map(|r| (r.version, r.status))
             .filter(|r| r.1 != 200)
             .collect::<Vec<_>>(),
-        [(2, 400)]
+        [(ferry_wire::WIRE_VERSION, 400)]
     );
     assert!(reqs
         .iter()
