@@ -481,12 +481,14 @@ pub struct LogFileKeys<'a> {
     pub fingerprint: Cow<'a, str>,
 }
 
-/// A string of a decoded record: a JSON string in the batch's data (quotes included), or text
-/// taken out of a version 1 record.
+/// A string of a decoded record: a JSON string in the batch's data (quotes included), text
+/// taken out of a version 1 record, or an id a version 3 record left out, derived once when the
+/// batch is decoded ([`crate::event_id_bytes`]).
 #[derive(Debug, Clone)]
 enum Text {
     Raw(Range<usize>),
     Owned(Box<str>),
+    Derived([u8; 32]),
 }
 
 /// One log record of a decoded batch: where it is and the keys that order and identify it
@@ -498,8 +500,8 @@ pub struct DecodedLog {
     offset: u64,
     /// Index into the batch's sources.
     source: u32,
-    /// `None`: a version 3 record without one, whose id is derived ([`crate::event_id`]).
-    id: Option<Text>,
+    /// [`Text::Derived`] for a version 3 record that left it out.
+    id: Text,
     timestamp: Text,
     /// Version 2: where, from the record's first byte, `"file":{…},` goes back in (the start
     /// of `"offset":`) and where the other source fields do (just after the `log` object).
@@ -550,10 +552,7 @@ impl DecodedBatch {
     /// `event.id` of `log` (derived from its fingerprint and offset when the record left it
     /// out).
     pub fn id<'a>(&'a self, log: &'a DecodedLog) -> Cow<'a, str> {
-        match &log.id {
-            Some(id) => self.text(id),
-            None => Cow::Owned(crate::event_id(self.fingerprint(log), log.offset)),
-        }
+        self.text(&log.id)
     }
 
     /// `@timestamp` of `log`.
@@ -564,6 +563,7 @@ impl DecodedBatch {
     fn text<'a>(&'a self, text: &'a Text) -> Cow<'a, str> {
         match text {
             Text::Owned(s) => Cow::Borrowed(s),
+            Text::Derived(hex) => String::from_utf8_lossy(hex),
             Text::Raw(range) => {
                 let inner = &self.data[range.start + 1..range.end - 1];
                 if memchr::memchr(b'\\', inner).is_none() {
@@ -661,12 +661,9 @@ impl DecodedBatch {
             out.len() - before
         });
         let rest = &record[EVENT_PREFIX.len()..at];
-        if log.id.is_none() {
+        if let Text::Derived(hex) = &log.id {
             out.extend_from_slice(b"\"id\":\"");
-            out.extend_from_slice(&crate::event_id_bytes(
-                &self.sources[log.source as usize].fingerprint,
-                log.offset,
-            ));
+            out.extend_from_slice(hex);
             out.push(b'"');
             if rest.first() != Some(&b'}') {
                 out.push(b',');
@@ -692,11 +689,11 @@ impl DecodedBatch {
         };
         // A derived id comes back as `"id":"<32 hex>"`, and a comma before a next member.
         let id = match log.id {
-            Some(_) => 0,
-            None => {
+            Text::Derived(_) => {
                 let next = self.data.get(log.line.start + EVENT_PREFIX.len());
                 39 + usize::from(next != Some(&b'}'))
             }
+            _ => 0,
         };
         log.line.len() + source + id
     }
@@ -923,6 +920,13 @@ fn parse_body(data: Vec<u8>, check_utf8: bool) -> Result<DecodedBatch, BatchErro
     if found != expected {
         return Err(BatchError::Count { expected, found });
     }
+    // The ids version 3 records left out, now that their sources are known (source lines come
+    // after the records).
+    for log in &mut logs {
+        if let Text::Derived(hex) = &mut log.id {
+            *hex = crate::event_id_bytes(&sources[log.source as usize].fingerprint, log.offset);
+        }
+    }
     Ok(DecodedBatch {
         header,
         data,
@@ -959,7 +963,7 @@ fn v1_log(
         line,
         offset: keys.log.offset,
         source: (sources.len() - 1) as u32,
-        id: Some(Text::Owned(keys.event.id.into())),
+        id: Text::Owned(keys.event.id.into()),
         timestamp: Text::Owned(keys.timestamp.into()),
         split: None,
     })
@@ -1057,7 +1061,8 @@ fn v2_log(
         line: line.start..line.start + record.len(),
         offset,
         source: source as u32,
-        id: id.map(|id| Text::Raw(shift(id))),
+        // A left-out id is derived once the sources are read (see `parse_body`).
+        id: id.map_or(Text::Derived([0; 32]), |id| Text::Raw(shift(id))),
         timestamp: Text::Raw(shift(timestamp)),
         split: Some((at as u32, (end + 1) as u32)),
     })
