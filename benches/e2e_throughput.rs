@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench e2e_throughput -- [--bytes N] [--input FILE]
 //!                                        [--sink discard|local|elasticsearch]
-//!                                        [--compression zstd|gzip|none] [--compression-level L]
+//!                                        [--compression lz4|zstd|gzip|none] [--compression-level L]
 //!                                        [--format docker|plain]
 //!                                        [--parser RULE] [--floor] [--output discard]
 //!                                        [--outage-after-seconds A --outage-seconds N]
@@ -59,7 +59,7 @@ fn parse_args() -> Args {
         bytes: 256 << 20,
         input: None,
         sink: "discard".into(),
-        compression: "zstd".into(),
+        compression: "lz4".into(),
         compression_level: None,
         format: "docker".into(),
         parser: None,

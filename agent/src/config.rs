@@ -95,11 +95,13 @@ pub struct AgentConfig {
     pub batch_max_records: usize,
     /// A batch is sealed this many milliseconds after its first record at the latest. Default 1000.
     pub batch_max_age_ms: u64,
-    /// Compression of batch bodies: `zstd` (default: the cheapest in CPU per byte saved), `gzip`,
-    /// or `none` (for a same-host aggregator).
+    /// Compression of batch bodies: `lz4` (default: the least CPU, on both ends), `zstd` (about
+    /// 40 % fewer bytes on the wire than lz4, for 1.5× the agent's compression CPU), `gzip`, or
+    /// `none` (for a same-host aggregator). An aggregator that predates lz4 refuses it; the agent
+    /// then sends zstd for 5 minutes before trying lz4 again.
     pub compression: CompressionConfig,
     /// Compression level: gzip 0 (store) to 9 (smallest); zstd −7 (fastest, zstd's "fast"
-    /// levels) to 19 (smallest). Default 1.
+    /// levels) to 19 (smallest); lz4 has none (leave it unset). Default 1.
     pub compression_level: i32,
     /// First retry delay after a failed send, in milliseconds. Default 100.
     pub backoff_initial_ms: u64,
@@ -211,6 +213,7 @@ pub enum OutputConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompressionConfig {
+    Lz4,
     Zstd,
     Gzip,
     None,
@@ -341,7 +344,7 @@ impl Default for AgentConfig {
             batch_max_records: default_batch_max_records(),
             batch_max_age_ms: default_batch_max_age_ms(),
             output: OutputConfig::Aggregator,
-            compression: CompressionConfig::Zstd,
+            compression: CompressionConfig::Lz4,
             compression_level: default_compression_level(),
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
@@ -563,14 +566,14 @@ impl AgentConfig {
             );
         }
         let levels = match self.compression {
-            CompressionConfig::Gzip => 0..=9,
-            CompressionConfig::Zstd => -7..=19,
-            CompressionConfig::None => i32::MIN..=i32::MAX,
+            CompressionConfig::Gzip => Some(0..=9),
+            CompressionConfig::Zstd => Some(-7..=19),
+            CompressionConfig::Lz4 | CompressionConfig::None => None,
         };
         // zstd's level 0 means "its default" (3): a slower level than one would guess.
         let zstd_zero = self.compression == CompressionConfig::Zstd && self.compression_level == 0;
-        if !levels.contains(&self.compression_level) || zstd_zero {
-            bad(
+        match levels {
+            Some(levels) if !levels.contains(&self.compression_level) || zstd_zero => bad(
                 "compression_level".into(),
                 format!(
                     "{} is not in {}..={}{} for {:?}",
@@ -580,7 +583,20 @@ impl AgentConfig {
                     if zstd_zero { " (0 excluded)" } else { "" },
                     self.compression
                 ),
-            );
+            ),
+            // lz4 has no levels: a level set for it is refused rather than silently ignored.
+            None if self.compression == CompressionConfig::Lz4
+                && self.compression_level != default_compression_level() =>
+            {
+                bad(
+                    "compression_level".into(),
+                    format!(
+                        "{} is set, but lz4 has no levels (leave compression_level unset, or use zstd)",
+                        self.compression_level
+                    ),
+                )
+            }
+            _ => {}
         }
         if problems.is_empty() {
             Ok(())
@@ -592,6 +608,7 @@ impl AgentConfig {
     pub(crate) fn wire_compression(&self) -> ferry_wire::Compression {
         match self.compression {
             CompressionConfig::None => ferry_wire::Compression::None,
+            CompressionConfig::Lz4 => ferry_wire::Compression::Lz4,
             CompressionConfig::Zstd => ferry_wire::Compression::Zstd {
                 level: self.compression_level,
             },
@@ -656,6 +673,19 @@ mod tests {
     }
 
     #[test]
+    fn lz4_is_the_default_and_takes_no_level() {
+        let cfg: AgentConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.wire_compression(), ferry_wire::Compression::Lz4);
+        let cfg: AgentConfig = toml::from_str("compression_level = 9").unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.problems[0].field, "compression_level");
+        assert!(err.to_string().contains("lz4 has no levels"), "{err}");
+        let cfg: AgentConfig =
+            toml::from_str("compression = \"zstd\"\ncompression_level = 9").unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
     fn zstd_takes_its_fast_levels_and_gzip_does_not() {
         let with = |compression, compression_level| AgentConfig {
             compression,
@@ -676,6 +706,7 @@ mod tests {
             (CompressionConfig::Zstd, 20),
             (CompressionConfig::Gzip, -1),
             (CompressionConfig::Gzip, 10),
+            (CompressionConfig::Lz4, 3),
         ] {
             let err = with(compression, level).validate().unwrap_err();
             assert_eq!(err.problems.len(), 1, "{err}");

@@ -12,8 +12,10 @@
 //! Batches are built in the current format version (2); an aggregator that predates it refuses
 //! such a batch with a 400 naming the version, and the forwarder then sends the same records as
 //! version 1 (re-encoded here) for [`V1_FALLBACK`] before trying version 2 again, so an agent
-//! upgraded before its aggregator keeps delivering. Dead letters are written as version 1, whose
-//! lines are whole records.
+//! upgraded before its aggregator keeps delivering. Likewise an aggregator that predates lz4
+//! compression refuses an lz4 batch with a 415 naming it, and the forwarder then re-compresses
+//! batches as zstd for [`ZSTD_FALLBACK`]. Dead letters are written as version 1, whose lines are
+//! whole records.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -46,6 +48,10 @@ const CHECKPOINT_WRITE_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_REASON_BYTES: usize = 4096;
 /// How long batches go as version 1 after an aggregator refused version 2.
 const V1_FALLBACK: Duration = Duration::from_secs(300);
+/// How long lz4 batches go as zstd after an aggregator refused lz4.
+const ZSTD_FALLBACK: Duration = Duration::from_secs(300);
+/// What an lz4 batch is re-compressed as for an aggregator that predates lz4.
+const FALLBACK_COMPRESSION: Compression = Compression::Zstd { level: 1 };
 
 /// What became of one batch.
 enum Outcome {
@@ -56,6 +62,8 @@ enum Outcome {
     Rejected(String),
     /// 400 for the batch's format version: the aggregator predates it.
     OldVersion,
+    /// 415 for the batch's `Content-Encoding` (lz4): the aggregator predates it.
+    OldEncoding,
     /// Shutdown deadline passed before an answer.
     Abandoned,
 }
@@ -197,6 +205,8 @@ pub(crate) struct Forwarder {
     discard: bool,
     /// Until when batches go as version 1 (an aggregator refused version 2).
     v1_until: Option<Instant>,
+    /// Until when lz4 batches go as zstd (an aggregator refused lz4).
+    zstd_until: Option<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -258,6 +268,7 @@ impl Forwarder {
             dead_letter_seq: 0,
             discard: config.output == OutputConfig::Discard,
             v1_until: None,
+            zstd_until: None,
             metrics,
         }
     }
@@ -333,6 +344,11 @@ impl Forwarder {
             if batch.version != 1 && self.v1_until.is_some_and(|t| Instant::now() < t) {
                 batch = as_version_1(batch).await;
             }
+            if batch.compression == Compression::Lz4
+                && self.zstd_until.is_some_and(|t| Instant::now() < t)
+            {
+                batch = recompressed(batch, FALLBACK_COMPRESSION).await;
+            }
             match self.send_until_answered(&batch).await {
                 Outcome::Acked => {
                     self.metrics
@@ -380,6 +396,14 @@ impl Forwarder {
                     self.v1_until = Some(Instant::now() + V1_FALLBACK);
                     queue.push_front(batch);
                 }
+                Outcome::OldEncoding => {
+                    warn!(
+                        fallback_seconds = ZSTD_FALLBACK.as_secs(),
+                        "The aggregator predates lz4 compression; sending zstd for a while (upgrade the aggregator)"
+                    );
+                    self.zstd_until = Some(Instant::now() + ZSTD_FALLBACK);
+                    queue.push_front(batch);
+                }
                 Outcome::Abandoned => return false,
             }
         }
@@ -404,6 +428,12 @@ impl Forwarder {
                         if batch.version != 1 && ferry_wire::refused_for_version(&answer.body) =>
                     {
                         return Outcome::OldVersion;
+                    }
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                        if batch.compression == Compression::Lz4
+                            && ferry_wire::refused_encoding(&answer.body, batch.compression) =>
+                    {
+                        return Outcome::OldEncoding;
                     }
                     StatusCode::BAD_REQUEST => {
                         let reason = format!("400 Bad Request: {}", answer.body);
@@ -575,7 +605,7 @@ fn write_dead_letter(
             decoded.encode_v1(Compression::Gzip { level: 1 }).body
         }
         Compression::Gzip { .. } => body.to_vec(),
-        Compression::None | Compression::Zstd { .. } => {
+        Compression::None | Compression::Zstd { .. } | Compression::Lz4 => {
             let raw = ferry_wire::decompress(body, compression, usize::MAX)
                 .map_err(std::io::Error::other)?;
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -679,6 +709,19 @@ async fn as_version_1(batch: EncodedBatch) -> EncodedBatch {
     })
     .await
     .expect("re-encoding a batch does not panic")
+}
+
+/// `batch` compressed as `compression` instead, on a blocking thread.
+async fn recompressed(batch: EncodedBatch, compression: Compression) -> EncodedBatch {
+    tokio::task::spawn_blocking(move || match batch.recompressed(compression) {
+        Ok(again) => again,
+        Err(e) => {
+            warn!(error = %e, "A batch built here does not decompress; sending it as it is");
+            batch
+        }
+    })
+    .await
+    .expect("re-compressing a batch does not panic")
 }
 
 /// An error and its causes, `: `-separated.

@@ -227,15 +227,15 @@ async fn accepted_batch_is_stored_once_even_when_replayed_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_of_every_batch_format_version_are_stored_alike() {
+async fn agents_of_every_batch_format_version_and_compression_are_stored_alike() {
     // Agents of before version 2 send version 1, later ones version 2 or 3, side by side.
     // Version 3 leaves out the ids derived from fingerprint and offset (all of these): the
-    // aggregator derives them again.
+    // aggregator derives them again. Each compression meets each version (12 chunks of 5).
     let tmp = tempfile::tempdir().unwrap();
     let handle = start(config(tmp.path())).await.unwrap();
     let records = crate::local::tests::varied_records();
     let mut sent = 0;
-    for (i, chunk) in records.chunks(10).enumerate() {
+    for (i, chunk) in records.chunks(5).enumerate() {
         let version = [1, 2, 3][i % 3];
         let mut b = BatchBuilder::with_version("node-1", version);
         for r in chunk {
@@ -249,12 +249,17 @@ async fn agents_of_every_batch_format_version_are_stored_alike() {
             }
             b.push_log(&r);
         }
-        let reply = post(
-            &handle,
-            &auth_gzip(),
-            &b.finish(Compression::Gzip { level: 1 }).body,
-        )
-        .await;
+        let compression = [
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 1 },
+            Compression::Lz4,
+            Compression::None,
+        ][i % 4];
+        let head = format!(
+            "Authorization: Bearer {TOKEN}\r\nContent-Encoding: {}",
+            compression.content_encoding()
+        );
+        let reply = post(&handle, &head, &b.finish(compression).body).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         sent += chunk.len() as u64;
         wait_for("stored", || handle.status().records_stored == sent).await;

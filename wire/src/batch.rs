@@ -1,6 +1,6 @@
 //! The batch codec: what travels from agent to aggregator in one request body.
 //!
-//! Three versions, all NDJSON (optionally gzip- or zstd-compressed as a whole), all read by this
+//! Three versions, all NDJSON (optionally gzip-, zstd- or lz4-compressed as a whole), all read by this
 //! build. **Version 2** carries the fields a record shares with every other record of its source
 //! once per batch, not once per record:
 //! ```text
@@ -63,10 +63,14 @@ pub enum Compression {
     Gzip {
         level: u32,
     },
-    /// zstd: about twice as fast as gzip level 1 at a better ratio; the agent's default.
+    /// zstd: about twice as fast as gzip level 1 at a better ratio.
     Zstd {
         level: i32,
     },
+    /// LZ4's block format after the uncompressed length (4 bytes, little-endian): about 1.6×
+    /// zstd level 1's speed and 2× its decompression speed on agent batches, at 60 % more
+    /// bytes. Not LZ4's frame format (which the `lz4` tool reads): a frame costs 20 % more.
+    Lz4,
 }
 
 impl Compression {
@@ -76,6 +80,7 @@ impl Compression {
             Compression::None => "identity",
             Compression::Gzip { .. } => "gzip",
             Compression::Zstd { .. } => "zstd",
+            Compression::Lz4 => "lz4",
         }
     }
 
@@ -85,6 +90,7 @@ impl Compression {
             None | Some("") | Some("identity") => Ok(Compression::None),
             Some(v) if v.eq_ignore_ascii_case("gzip") => Ok(Compression::Gzip { level: 1 }),
             Some(v) if v.eq_ignore_ascii_case("zstd") => Ok(Compression::Zstd { level: 1 }),
+            Some(v) if v.eq_ignore_ascii_case("lz4") => Ok(Compression::Lz4),
             Some(other) => Err(BatchError::Encoding(other.to_string())),
         }
     }
@@ -135,6 +141,30 @@ pub struct EncodedBatch {
     pub stats: usize,
     /// Size before compression.
     pub raw_bytes: usize,
+}
+
+impl EncodedBatch {
+    /// The same batch compressed as `compression` instead (for an aggregator that refuses this
+    /// one's `Content-Encoding`).
+    pub fn recompressed(&self, compression: Compression) -> Result<EncodedBatch, BatchError> {
+        let data = decompress(&self.body, self.compression, self.raw_bytes)?;
+        Ok(EncodedBatch {
+            body: compress(&data, compression, &mut ZstdContext::default()),
+            compression,
+            version: self.version,
+            logs: self.logs,
+            stats: self.stats,
+            raw_bytes: self.raw_bytes,
+        })
+    }
+}
+
+/// Whether an aggregator's 415 answer refused the batch's `Content-Encoding` (this build's and
+/// older builds' wording, which names the encoding; the answer may be the JSON that quotes it).
+pub fn refused_encoding(answer: &str, compression: Compression) -> bool {
+    let name = compression.content_encoding();
+    answer.contains("unsupported Content-Encoding")
+        && (answer.contains(&format!("\"{name}\"")) || answer.contains(&format!("\\\"{name}\\\"")))
 }
 
 /// Collects records into the NDJSON body of one batch.
@@ -199,6 +229,7 @@ fn compress(data: &[u8], compression: Compression, zstd: &mut ZstdContext) -> Ve
             enc.finish().expect("writing to a Vec cannot fail")
         }
         Compression::Zstd { level } => zstd.compress(data, level),
+        Compression::Lz4 => lz4_flex::block::compress_prepend_size(data),
     }
 }
 
@@ -435,9 +466,9 @@ impl BatchBuilder {
 /// Why a batch was refused. Every variant says where and what.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error("unsupported Content-Encoding {0:?} (expected zstd, gzip or identity)")]
+    #[error("unsupported Content-Encoding {0:?} (expected zstd, lz4, gzip or identity)")]
     Encoding(String),
-    #[error("body is not valid gzip or zstd: {0}")]
+    #[error("body is not valid gzip, zstd or lz4: {0}")]
     Compression(String),
     #[error("decompressed body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
@@ -790,6 +821,7 @@ pub fn decompress(
                 read_bounded(dec, body.len().saturating_mul(6), max_decompressed)?
             }
         },
+        Compression::Lz4 => lz4_block(body, max_decompressed)?,
     };
     Ok(data)
 }
@@ -826,6 +858,29 @@ fn zstd_in_one_call(body: &[u8], max: usize) -> Result<Option<Vec<u8>>, BatchErr
         Some(Ok(n)) if n == out.len() && n as u64 == size => Some(out),
         _ => None,
     })
+}
+
+/// An LZ4 body: the uncompressed length (4 bytes, little-endian), then one LZ4 block. The length
+/// is checked against `max` before anything is allocated, and the block must fill it exactly.
+fn lz4_block(body: &[u8], max: usize) -> Result<Vec<u8>, BatchError> {
+    let Some((len, block)) = body.split_first_chunk::<4>() else {
+        return Err(BatchError::Compression(
+            "lz4 body shorter than its 4-byte length".into(),
+        ));
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > max {
+        return Err(BatchError::TooLarge { limit: max });
+    }
+    let data = lz4_flex::block::decompress(block, len)
+        .map_err(|e| BatchError::Compression(format!("lz4: {e}")))?;
+    if data.len() != len {
+        return Err(BatchError::Compression(format!(
+            "lz4 block holds {} bytes, its length says {len}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 fn read_bounded(reader: impl Read, guess: usize, max: usize) -> Result<Vec<u8>, BatchError> {
@@ -1224,6 +1279,7 @@ mod tests {
                 Compression::None,
                 Compression::Gzip { level: 1 },
                 Compression::Zstd { level: 1 },
+                Compression::Lz4,
             ] {
                 // The header is written into room left before the records: a host name that
                 // needs escaping, and a builder used for several batches of different sizes.
@@ -1509,6 +1565,62 @@ mod tests {
     }
 
     #[test]
+    fn lz4_bodies_are_checked_before_and_after_decompression() {
+        let mut b = BatchBuilder::new("node");
+        for i in 0..10 {
+            b.push_log(&record(i));
+        }
+        let raw = b.finish(Compression::None).body;
+        let body = b_finish_lz4(&raw);
+        assert_eq!(
+            decode_batch(&body, Compression::Lz4, 1 << 20).unwrap().data,
+            raw
+        );
+        // A length over the limit is refused before anything is allocated (a bomb).
+        let bomb = lz4_flex::block::compress_prepend_size(&vec![b' '; 10 << 20]);
+        let err = decode_batch(&bomb, Compression::Lz4, 1 << 20).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge { .. }), "{err}");
+        // Cut short, a length that lies either way, or no length at all: compression errors.
+        let mut longer = body.clone();
+        longer[..4].copy_from_slice(&(raw.len() as u32 + 1).to_le_bytes());
+        let mut shorter = body.clone();
+        shorter[..4].copy_from_slice(&(raw.len() as u32 - 1).to_le_bytes());
+        for bad in [&body[..body.len() - 5], &longer, &shorter, &body[..3]] {
+            let err = decode_batch(bad, Compression::Lz4, 1 << 20).unwrap_err();
+            assert!(matches!(err, BatchError::Compression(_)), "{err}");
+        }
+    }
+
+    fn b_finish_lz4(raw: &[u8]) -> Vec<u8> {
+        compress(raw, Compression::Lz4, &mut ZstdContext::default())
+    }
+
+    #[test]
+    fn a_batch_recompressed_for_an_aggregator_without_lz4_keeps_its_bytes() {
+        let mut b = BatchBuilder::new("node");
+        for i in 0..10 {
+            b.push_log(&record(i));
+        }
+        let lz4 = b.finish(Compression::Lz4);
+        let zstd = lz4.recompressed(Compression::Zstd { level: 1 }).unwrap();
+        assert_eq!(
+            (zstd.version, zstd.logs, zstd.stats, zstd.raw_bytes),
+            (lz4.version, lz4.logs, lz4.stats, lz4.raw_bytes)
+        );
+        let a = decode_batch(&lz4.body, Compression::Lz4, 1 << 20).unwrap();
+        let z = decode_batch(&zstd.body, zstd.compression, 1 << 20).unwrap();
+        assert_eq!(a.data, z.data);
+        // What an aggregator that predates lz4 answers (its BatchError::Encoding, as JSON).
+        let old =
+            r#"{"error":"unsupported Content-Encoding \"lz4\" (expected zstd, gzip or identity)"}"#;
+        assert!(refused_encoding(old, Compression::Lz4));
+        let now = BatchError::Encoding("lz4".into()).to_string();
+        assert!(refused_encoding(&now, Compression::Lz4), "{now}");
+        assert!(!refused_encoding(old, Compression::Zstd { level: 1 }));
+        assert!(!refused_encoding("queue is full", Compression::Lz4));
+    }
+
+    #[test]
     fn refuses_a_zstd_bomb() {
         let body = zstd::bulk::compress(&vec![b' '; 10 << 20], 3).unwrap();
         let err = decode_batch(&body, Compression::Zstd { level: 1 }, 1 << 20).unwrap_err();
@@ -1744,6 +1856,7 @@ mod tests {
                 Compression::None,
                 Compression::Gzip { level: 1 },
                 Compression::Zstd { level: 1 },
+                Compression::Lz4,
             ] {
                 if let Ok(batch) = decode_batch(&body, compression, 1 << 16) {
                     for log in &batch.logs {

@@ -30,14 +30,15 @@ pub fn batch(data: &[u8]) {
     }
 }
 
-/// A compressed body: the first byte picks gzip or zstd (and a decompression limit), the rest is
-/// the body as it arrived.
+/// A compressed body: the first byte picks gzip, zstd or lz4 (and a decompression limit), the
+/// rest is the body as it arrived.
 pub fn batch_compressed(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let compression = match selector & 1 {
-        0 => Compression::Gzip { level: 1 },
+    let compression = match (selector & 1, selector & 0x20) {
+        (_, 0x20) => Compression::Lz4,
+        (0, _) => Compression::Gzip { level: 1 },
         _ => Compression::Zstd { level: 1 },
     };
     // Limits from 64 bytes up, so that both sides of the limit are reached.

@@ -350,6 +350,63 @@ async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_los
     agent.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_that_predates_lz4_gets_zstd_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("a", 0..20));
+    let agg = TestAggregator::start().await;
+    agg.state
+        .reads_no_lz4
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.compression = crate::config::CompressionConfig::Lz4;
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("all lines stored", || agg.stored().len() == 20).await;
+    append(&log, &lines("b", 0..10));
+    wait_until("later lines stored", || agg.stored().len() == 30).await;
+    let mut expected = lines("a", 0..20);
+    expected.extend(lines("b", 0..10));
+    assert_eq!(agg.stored_messages(), expected);
+    let reqs = agg.requests();
+    // One refusal of lz4, then zstd only (within the fallback's time), in this build's version.
+    assert_eq!(
+        reqs.iter()
+            .filter(|r| r.status != 200)
+            .map(|r| (r.encoding, r.status))
+            .collect::<Vec<_>>(),
+        [(ferry_wire::Compression::Lz4, 415)]
+    );
+    assert!(reqs
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.encoding == ferry_wire::Compression::Zstd { level: 1 }
+            && r.version == ferry_wire::WIRE_VERSION));
+    assert!(!dir.path().join("data/dead-letter").exists());
+    assert_eq!(agent.metrics.send_errors_of(SendError::Rejected), 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lz4_batches_arrive_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs/app.log");
+    append(&log, &lines("a", 0..50));
+    let agg = TestAggregator::start().await;
+    let mut cfg = config(dir.path(), &agg.url());
+    cfg.compression = crate::config::CompressionConfig::Lz4;
+    let agent = crate::start(cfg).await.unwrap();
+    wait_until("all lines stored", || agg.stored().len() == 50).await;
+    assert_eq!(agg.stored_messages(), lines("a", 0..50));
+    assert!(agg
+        .requests()
+        .iter()
+        .all(|r| r.encoding == ferry_wire::Compression::Lz4 && r.status == 200));
+    agent.shutdown().await;
+}
+
 /// Regression (issue 10, finding 4): a 413 split down to single records dead-letters each of
 /// them within the same second; none may replace another (`Path::with_extension` cut the names
 /// at the stamp's milliseconds, so they all had one name).

@@ -26,6 +26,8 @@ pub struct Seen {
     pub auth: Option<String>,
     /// The batch format version.
     pub version: u32,
+    /// The request's `Content-Encoding`.
+    pub encoding: Compression,
     pub records: Vec<LogRecord>,
 }
 
@@ -38,6 +40,8 @@ pub struct State {
     pub max_records: Mutex<Option<usize>>,
     /// Answer like an aggregator that predates batch format version 2.
     pub reads_only_version_1: std::sync::atomic::AtomicBool,
+    /// Answer like an aggregator that predates lz4 compression.
+    pub reads_no_lz4: std::sync::atomic::AtomicBool,
     /// While set, every batch is answered 503 (no `Retry-After`): backpressure.
     pub held: std::sync::atomic::AtomicBool,
     /// Accepted records, every copy, in the order they were accepted: tests assert exactly-once
@@ -153,6 +157,23 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         .map(str::to_string);
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let compression = Compression::from_content_encoding(encoding.as_deref()).unwrap();
+    if compression == Compression::Lz4 && st.reads_no_lz4.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // Word for word what such an aggregator answers.
+        let text =
+            r#"{"error":"unsupported Content-Encoding \"lz4\" (expected zstd, gzip or identity)"}"#;
+        st.requests.lock().unwrap().push(Seen {
+            at: Instant::now(),
+            status: 415,
+            auth,
+            version: 0,
+            encoding: compression,
+            records: Vec::new(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        *resp.status_mut() = hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return resp;
+    }
     let batch = decode_batch(&body, compression, 64 << 20).expect("agent sent a valid batch");
     let records: Vec<LogRecord> = batch
         .logs
@@ -174,6 +195,7 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
             status: 400,
             auth,
             version,
+            encoding: compression,
             records,
         });
         let mut resp = Response::new(Full::new(Bytes::from(text)));
@@ -204,6 +226,7 @@ async fn handle(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         status,
         auth,
         version,
+        encoding: compression,
         records,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("answer {status}"))));
