@@ -314,23 +314,34 @@ async fn batches_carry_each_sources_fields_once_and_arrive_whole() {
     agent.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts an agent on `logs/app.log` with 20 lines written before and 10 after, and checks that
+/// `agg` stored all 30 in order.
+async fn twenty_then_ten_lines(
+    dir: &tempfile::TempDir,
+    agg: &TestAggregator,
+    cfg: crate::config::AgentConfig,
+) -> crate::AgentHandle {
     std::fs::create_dir(dir.path().join("logs")).unwrap();
     let log = dir.path().join("logs/app.log");
     append(&log, &lines("a", 0..20));
-    let agg = TestAggregator::start().await;
-    agg.state
-        .reads_only_version_1
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let agent = crate::start(config(dir.path(), &agg.url())).await.unwrap();
+    let agent = crate::start(cfg).await.unwrap();
     wait_until("all lines stored", || agg.stored().len() == 20).await;
     append(&log, &lines("b", 0..10));
     wait_until("later lines stored", || agg.stored().len() == 30).await;
     let mut expected = lines("a", 0..20);
     expected.extend(lines("b", 0..10));
     assert_eq!(agg.stored_messages(), expected);
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let agg = TestAggregator::start().await;
+    agg.state
+        .reads_only_version_1
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = twenty_then_ten_lines(&dir, &agg, config(dir.path(), &agg.url())).await;
     let reqs = agg.requests();
     // One refusal of this build's version, then version 1 only (within the fallback's time).
     assert_eq!(
@@ -353,22 +364,13 @@ async fn an_aggregator_that_predates_version_2_gets_version_1_and_nothing_is_los
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregator_that_predates_lz4_gets_zstd_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("logs")).unwrap();
-    let log = dir.path().join("logs/app.log");
-    append(&log, &lines("a", 0..20));
     let agg = TestAggregator::start().await;
     agg.state
         .reads_no_lz4
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut cfg = config(dir.path(), &agg.url());
     cfg.compression = crate::config::CompressionConfig::Lz4;
-    let agent = crate::start(cfg).await.unwrap();
-    wait_until("all lines stored", || agg.stored().len() == 20).await;
-    append(&log, &lines("b", 0..10));
-    wait_until("later lines stored", || agg.stored().len() == 30).await;
-    let mut expected = lines("a", 0..20);
-    expected.extend(lines("b", 0..10));
-    assert_eq!(agg.stored_messages(), expected);
+    let agent = twenty_then_ten_lines(&dir, &agg, cfg).await;
     let reqs = agg.requests();
     // One refusal of lz4, then zstd only (within the fallback's time), in this build's version.
     assert_eq!(
