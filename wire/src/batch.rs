@@ -1538,11 +1538,7 @@ mod tests {
 
     #[test]
     fn zstd_bodies_of_several_frames_or_without_a_size_still_decode() {
-        let mut b = BatchBuilder::new("node");
-        for i in 0..10 {
-            b.push_log(&record(i));
-        }
-        let raw = b.finish(Compression::None).body;
+        let raw = ten_records().finish(Compression::None).body;
         let (head, tail) = raw.split_at(raw.len() / 3);
         // Two frames, each stating the size of its own part only.
         let mut two = zstd::bulk::compress(head, 1).unwrap();
@@ -1566,12 +1562,8 @@ mod tests {
 
     #[test]
     fn lz4_bodies_are_checked_before_and_after_decompression() {
-        let mut b = BatchBuilder::new("node");
-        for i in 0..10 {
-            b.push_log(&record(i));
-        }
-        let raw = b.finish(Compression::None).body;
-        let body = b_finish_lz4(&raw);
+        let raw = ten_records().finish(Compression::None).body;
+        let body = compress(&raw, Compression::Lz4, &mut ZstdContext::default());
         assert_eq!(
             decode_batch(&body, Compression::Lz4, 1 << 20).unwrap().data,
             raw
@@ -1591,17 +1583,18 @@ mod tests {
         }
     }
 
-    fn b_finish_lz4(raw: &[u8]) -> Vec<u8> {
-        compress(raw, Compression::Lz4, &mut ZstdContext::default())
-    }
-
-    #[test]
-    fn a_batch_recompressed_for_an_aggregator_without_lz4_keeps_its_bytes() {
+    /// A builder holding records 0 to 9.
+    fn ten_records() -> BatchBuilder {
         let mut b = BatchBuilder::new("node");
         for i in 0..10 {
             b.push_log(&record(i));
         }
-        let lz4 = b.finish(Compression::Lz4);
+        b
+    }
+
+    #[test]
+    fn a_batch_recompressed_for_an_aggregator_without_lz4_keeps_its_bytes() {
+        let lz4 = ten_records().finish(Compression::Lz4);
         let zstd = lz4.recompressed(Compression::Zstd { level: 1 }).unwrap();
         assert_eq!(
             (zstd.version, zstd.logs, zstd.stats, zstd.raw_bytes),
