@@ -349,7 +349,7 @@ impl Forwarder {
             {
                 batch = recompressed(batch, FALLBACK_COMPRESSION).await;
             }
-            match self.send_until_answered(&batch).await {
+            match self.send_until_answered(&mut batch).await {
                 Outcome::Acked => {
                     self.metrics
                         .records_sent
@@ -410,9 +410,17 @@ impl Forwarder {
         true
     }
 
-    /// Sends until the aggregator gives a final answer, backing off between attempts.
-    async fn send_until_answered(&mut self, batch: &EncodedBatch) -> Outcome {
-        let body = Bytes::from(batch.body.clone());
+    /// Sends until the aggregator gives a final answer, backing off between attempts. The body
+    /// travels as `Bytes` that every attempt shares, and comes back to `batch` afterwards (for a
+    /// split, a dead letter or another encoding): no copy of it either way.
+    async fn send_until_answered(&mut self, batch: &mut EncodedBatch) -> Outcome {
+        let body = Bytes::from(std::mem::take(&mut batch.body));
+        let outcome = self.attempt_until_answered(batch, &body).await;
+        batch.body = Vec::from(body);
+        outcome
+    }
+
+    async fn attempt_until_answered(&mut self, batch: &EncodedBatch, body: &Bytes) -> Outcome {
         let mut attempt: u32 = 0;
         loop {
             let started = std::time::Instant::now();

@@ -149,7 +149,7 @@ impl EncodedBatch {
     pub fn recompressed(&self, compression: Compression) -> Result<EncodedBatch, BatchError> {
         let data = decompress(&self.body, self.compression, self.raw_bytes)?;
         Ok(EncodedBatch {
-            body: compress(&data, compression, &mut ZstdContext::default()),
+            body: compress(&data, compression, &mut Compressors::default()),
             compression,
             version: self.version,
             logs: self.logs,
@@ -185,27 +185,44 @@ pub struct BatchBuilder {
     stats_count: usize,
     /// Version 2: the sources of the records so far, and their lines.
     sources: SourceTable,
-    zstd: ZstdContext,
+    compressors: Compressors,
     escapes: crate::json::Escapes,
 }
 
-/// One zstd compression context, kept across batches (no context set up per batch).
+/// What compressing keeps across batches: a zstd context, and the buffer LZ4 compresses into
+/// (sized once for the largest batch: a body is then only as long as its compressed bytes,
+/// with no zeroed worst-case buffer allocated per batch).
 #[derive(Default)]
-struct ZstdContext {
+struct Compressors {
     level: i32,
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    lz4: Vec<u8>,
 }
 
-impl std::fmt::Debug for ZstdContext {
+impl std::fmt::Debug for Compressors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZstdContext")
+        f.debug_struct("Compressors")
             .field("level", &self.level)
             .finish_non_exhaustive()
     }
 }
 
-impl ZstdContext {
-    fn compress(&mut self, data: &[u8], level: i32) -> Vec<u8> {
+impl Compressors {
+    /// LZ4's block format after the uncompressed length (4 bytes, little-endian).
+    fn lz4(&mut self, data: &[u8]) -> Vec<u8> {
+        let room = lz4_flex::block::get_maximum_output_size(data.len());
+        if self.lz4.len() < room {
+            self.lz4.resize(room, 0);
+        }
+        let len = lz4_flex::block::compress_into(data, &mut self.lz4)
+            .expect("the buffer holds LZ4's worst case");
+        let mut body = Vec::with_capacity(4 + len);
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(&self.lz4[..len]);
+        body
+    }
+
+    fn zstd(&mut self, data: &[u8], level: i32) -> Vec<u8> {
         if self.compressor.is_none() || self.level != level {
             self.compressor =
                 Some(zstd::bulk::Compressor::new(level).expect("zstd context allocates"));
@@ -219,7 +236,7 @@ impl ZstdContext {
 }
 
 /// `data` compressed as `compression` says.
-fn compress(data: &[u8], compression: Compression, zstd: &mut ZstdContext) -> Vec<u8> {
+fn compress(data: &[u8], compression: Compression, contexts: &mut Compressors) -> Vec<u8> {
     match compression {
         Compression::None => data.to_vec(),
         Compression::Gzip { level } => {
@@ -228,8 +245,8 @@ fn compress(data: &[u8], compression: Compression, zstd: &mut ZstdContext) -> Ve
             enc.write_all(data).expect("writing to a Vec cannot fail");
             enc.finish().expect("writing to a Vec cannot fail")
         }
-        Compression::Zstd { level } => zstd.compress(data, level),
-        Compression::Lz4 => lz4_flex::block::compress_prepend_size(data),
+        Compression::Zstd { level } => contexts.zstd(data, level),
+        Compression::Lz4 => contexts.lz4(data),
     }
 }
 
@@ -344,7 +361,7 @@ impl BatchBuilder {
             log_count: 0,
             stats_count: 0,
             sources: SourceTable::default(),
-            zstd: ZstdContext::default(),
+            compressors: Compressors::default(),
             escapes: Default::default(),
         }
     }
@@ -449,7 +466,7 @@ impl BatchBuilder {
         self.logs.extend_from_slice(&self.sources.lines);
         let data = &self.logs[start..];
         let raw_bytes = data.len();
-        let body = compress(data, compression, &mut self.zstd);
+        let body = compress(data, compression, &mut self.compressors);
         let batch = EncodedBatch {
             body,
             compression,
@@ -758,7 +775,7 @@ impl DecodedBatch {
             data.push(b'\n');
         }
         EncodedBatch {
-            body: compress(&data, compression, &mut ZstdContext::default()),
+            body: compress(&data, compression, &mut Compressors::default()),
             compression,
             version: 1,
             logs: self.logs.len(),
@@ -1563,7 +1580,7 @@ mod tests {
     #[test]
     fn lz4_bodies_are_checked_before_and_after_decompression() {
         let raw = ten_records().finish(Compression::None).body;
-        let body = compress(&raw, Compression::Lz4, &mut ZstdContext::default());
+        let body = compress(&raw, Compression::Lz4, &mut Compressors::default());
         assert_eq!(
             decode_batch(&body, Compression::Lz4, 1 << 20).unwrap().data,
             raw
