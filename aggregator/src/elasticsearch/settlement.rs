@@ -111,6 +111,17 @@ pub(crate) const FILTER_PATH: &str = "items.*._id,items.*.status,items.*.error";
 /// an answer that does not match: another number of items, or an item naming another `_id`.
 pub(crate) fn read_items<'a, 'i>(
     body: &'a [u8],
+    ids: impl ExactSizeIterator<Item = &'i str> + Clone,
+) -> Result<Vec<ItemAnswer<'a>>, String> {
+    match read_plain_items(body, ids.clone()) {
+        Some(answers) => Ok(answers),
+        None => parse_items(body, ids),
+    }
+}
+
+/// [`read_items`] with a JSON parser: any shape of answer, every mismatch named.
+fn parse_items<'a, 'i>(
+    body: &'a [u8],
     ids: impl ExactSizeIterator<Item = &'i str>,
 ) -> Result<Vec<ItemAnswer<'a>>, String> {
     let response: Response<'a> =
@@ -147,6 +158,49 @@ pub(crate) fn read_items<'a, 'i>(
             })
         })
         .collect()
+}
+
+/// The answer read without a JSON parser when it has the shape Elasticsearch gives, under
+/// [`FILTER_PATH`], to a request none of whose items carries an `error` (every one indexed, as
+/// nearly all are): `{"items":[`, then for each document in request order
+/// `{"create":{"_id":"<its id>","status":<3 digits>}}` (or `"index"`), commas between, then
+/// `]}`, byte for byte. `None` for any other body, which serde then reads and judges: the
+/// answers are the same either way (this reads a third of the bytes per item a parser does, and
+/// a bulk of 5,000 documents answers 5,000 items).
+fn read_plain_items<'a, 'i>(
+    body: &[u8],
+    ids: impl ExactSizeIterator<Item = &'i str>,
+) -> Option<Vec<ItemAnswer<'a>>> {
+    let mut rest = body.strip_prefix(b"{\"items\":[")?;
+    let mut answers = Vec::with_capacity(ids.len());
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            rest = rest.strip_prefix(b",")?;
+        }
+        rest = rest
+            .strip_prefix(b"{\"create\":{\"_id\":\"")
+            .or_else(|| rest.strip_prefix(b"{\"index\":{\"_id\":\""))?;
+        // An id JSON would escape reads differently in the answer: the parser compares it.
+        if id.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            return None;
+        }
+        rest = rest
+            .strip_prefix(id.as_bytes())?
+            .strip_prefix(b"\",\"status\":")?;
+        let (digits, after) = rest.split_first_chunk::<3>()?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let status = digits
+            .iter()
+            .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        rest = after.strip_prefix(b"}}")?;
+        answers.push(ItemAnswer {
+            status,
+            error: None,
+        });
+    }
+    (rest == b"]}").then_some(answers)
 }
 
 /// `type: reason` of an error object (item-level `error`, or a whole-request body's `error`,
@@ -305,6 +359,57 @@ mod tests {
         let no_ids = br#"{"items":[{"index":{"status":201}}]}"#;
         assert_eq!(
             read_items(no_ids, ["a"].into_iter()).unwrap()[0].status,
+            201
+        );
+    }
+
+    /// The reading without a parser takes the answers of a request whose items all went
+    /// through, as Elasticsearch writes them under the sink's `filter_path`, and gives what the
+    /// parser gives; any other body is left to the parser.
+    #[test]
+    fn plain_answers_are_read_without_a_parser_and_agree_with_it() {
+        let ids = ["a1", "b2", "c3"];
+        let plain: [&[u8]; 3] = [
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":409}},{"create":{"_id":"c3","status":201}}]}"#,
+            br#"{"items":[{"index":{"_id":"a1","status":200}},{"index":{"_id":"b2","status":201}},{"index":{"_id":"c3","status":429}}]}"#,
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"index":{"_id":"b2","status":201}},{"create":{"_id":"c3","status":503}}]}"#,
+        ];
+        for body in plain {
+            let fast = read_plain_items(body, ids.into_iter()).expect("read without a parser");
+            let parsed = parse_items(body, ids.into_iter()).unwrap();
+            let statuses = |a: &[ItemAnswer]| a.iter().map(|i| i.status).collect::<Vec<_>>();
+            assert_eq!(statuses(&fast), statuses(&parsed));
+            assert!(fast.iter().all(|i| i.error.is_none()));
+            assert_eq!(read_items(body, ids.into_iter()).unwrap().len(), 3);
+        }
+        let others: [&[u8]; 7] = [
+            // an item with an error
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":400,"error":{"type":"x"}}},{"create":{"_id":"c3","status":201}}]}"#,
+            // another id, fewer or more items
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"zz","status":201}},{"create":{"_id":"c3","status":201}}]}"#,
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":201}}]}"#,
+            br#"{"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":201}},{"create":{"_id":"c3","status":201}},{"create":{"_id":"d4","status":201}}]}"#,
+            // spaces, other members, another order
+            br#"{"items": [{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":201}},{"create":{"_id":"c3","status":201}}]}"#,
+            br#"{"took":1,"items":[{"create":{"_id":"a1","status":201}},{"create":{"_id":"b2","status":201}},{"create":{"_id":"c3","status":201}}]}"#,
+            br#"{"items":[{"create":{"status":201,"_id":"a1"}},{"create":{"_id":"b2","status":201}},{"create":{"_id":"c3","status":201}}]}"#,
+        ];
+        for body in others {
+            assert!(read_plain_items(body, ids.into_iter()).is_none());
+            let statuses = |r: Result<Vec<ItemAnswer>, String>| {
+                r.map(|a| a.iter().map(|i| i.status).collect::<Vec<_>>())
+            };
+            assert_eq!(
+                statuses(read_items(body, ids.into_iter())),
+                statuses(parse_items(body, ids.into_iter()))
+            );
+        }
+        // An id JSON escapes is compared by the parser, never as raw bytes.
+        let quoted = br#"{"items":[{"create":{"_id":"a\"b","status":201}}]}"#;
+        assert!(read_plain_items(quoted, [r#"a\"b"#].into_iter()).is_none());
+        assert!(read_plain_items(quoted, [r#"a"b"#].into_iter()).is_none());
+        assert_eq!(
+            read_items(quoted, [r#"a"b"#].into_iter()).unwrap()[0].status,
             201
         );
     }
