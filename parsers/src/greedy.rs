@@ -112,15 +112,14 @@ impl RunClass {
         if max == u32::MAX && min <= 1 && holds_all_beyond_ascii(class) {
             table[0x80..].fill(IN);
         }
-        let mut ends = table.iter().enumerate().filter(|(_, &answer)| answer != IN);
-        let unsure = table.contains(&UNSURE);
-        let stops = match (ends.next(), ends.next(), ends.next(), ends.next()) {
-            _ if unsure => Stops::Table,
-            (Some((a, _)), None, _, _) => Stops::One(a as u8),
-            (Some((a, _)), Some((b, _)), None, _) => Stops::Two(a as u8, b as u8),
-            (Some((a, _)), Some((b, _)), Some((c, _)), None) => {
-                Stops::Three(a as u8, b as u8, c as u8)
-            }
+        let ends: Vec<u8> = (0..=u8::MAX)
+            .filter(|&b| table[usize::from(b)] != IN)
+            .collect();
+        let stops = match ends[..] {
+            _ if table.contains(&UNSURE) => Stops::Table,
+            [a] => Stops::One(a),
+            [a, b] => Stops::Two(a, b),
+            [a, b, c] => Stops::Three(a, b, c),
             _ => Stops::Table,
         };
         RunClass { table, stops }
