@@ -165,8 +165,8 @@ fn parse_items<'a, 'i>(
 /// nearly all are): `{"items":[`, then for each document in request order
 /// `{"create":{"_id":"<its id>","status":<3 digits>}}` (or `"index"`), commas between, then
 /// `]}`, byte for byte. `None` for any other body, which serde then reads and judges: the
-/// answers are the same either way (this reads a third of the bytes per item a parser does, and
-/// a bulk of 5,000 documents answers 5,000 items).
+/// answers are the same either way. A bulk answers one item per document, so this is on every
+/// document's path (the parser took about 9 % of the aggregator into Elasticsearch).
 fn read_plain_items<'a, 'i>(
     body: &[u8],
     ids: impl ExactSizeIterator<Item = &'i str>,
