@@ -38,7 +38,7 @@ const UNSURE: u8 = 2;
 /// A pattern compiled for the greedy walk.
 #[derive(Debug)]
 pub(crate) struct Greedy {
-    root: Node,
+    root: Program,
     groups: usize,
 }
 
@@ -47,17 +47,22 @@ type Table = Box<[u8; 256]>;
 /// Bytes a part of the pattern may start with (outside ASCII: any, when it could).
 type Starts = Box<[bool; 256]>;
 
+/// A pattern (or a part of it) as the steps of its path, walked in one loop: sequences and
+/// groups are flattened into the list, so only alternations and repetitions walk a program of
+/// their own (a recursive walk of the pattern's tree cost a call a step, more than the steps).
+type Program = Box<[Node]>;
+
 #[derive(Debug)]
 enum Node {
     Literal(Box<[u8]>),
     Class(Table),
     Start,
     End,
-    Capture {
-        index: usize,
-        sub: Box<Node>,
-    },
-    Concat(Vec<Node>),
+    /// A group begins here: its start is noted before its steps are walked. The walk never
+    /// backtracks, so a step that fails fails the whole walk, and the slots are then unused.
+    Open(usize),
+    /// A group ends here.
+    Close(usize),
     Alternation(Vec<Branch>),
     /// A greedy repetition of one class.
     Run {
@@ -75,7 +80,7 @@ enum Node {
     },
     /// A greedy repetition of anything else that cannot match empty.
     Repeat {
-        sub: Box<Node>,
+        sub: Program,
         starts: Starts,
         min: u32,
         max: u32,
@@ -139,7 +144,7 @@ fn holds_all_beyond_ascii(class: &Class) -> bool {
 
 #[derive(Debug)]
 struct Branch {
-    node: Node,
+    program: Program,
     starts: Starts,
     /// May match empty, so the next byte cannot rule it out.
     nullable: bool,
@@ -154,7 +159,7 @@ impl Greedy {
             return None;
         }
         Some(Greedy {
-            root: compile(&hir)?,
+            root: program(&hir)?,
             groups,
         })
     }
@@ -165,7 +170,7 @@ impl Greedy {
     pub fn find(&self, text: &[u8], slots: &mut Vec<usize>) -> bool {
         slots.clear();
         slots.resize(2 * self.groups, UNSET);
-        match self.root.walk(text, 0, slots) {
+        match walk(&self.root, text, 0, slots) {
             Some(end) => {
                 slots[0] = 0;
                 slots[1] = end;
@@ -177,6 +182,7 @@ impl Greedy {
 }
 
 /// The span of group `group` in slots filled by [`Greedy::find`].
+#[inline]
 pub(crate) fn group(slots: &[usize], group: usize) -> Option<(usize, usize)> {
     match slots.get(2 * group) {
         Some(&start) if start != UNSET => Some((start, slots[2 * group + 1])),
@@ -184,19 +190,31 @@ pub(crate) fn group(slots: &[usize], group: usize) -> Option<(usize, usize)> {
     }
 }
 
-fn compile(hir: &Hir) -> Option<Node> {
-    Some(match hir.kind() {
-        HirKind::Empty => Node::Concat(Vec::new()),
+/// `hir` compiled into a program of its own.
+fn program(hir: &Hir) -> Option<Program> {
+    let mut steps = Vec::new();
+    compile(hir, &mut steps)?;
+    Some(steps.into_boxed_slice())
+}
+
+/// Appends the steps of `hir` to `steps`, or `None` when the walk could not follow it.
+fn compile(hir: &Hir, steps: &mut Vec<Node>) -> Option<()> {
+    let step = match hir.kind() {
+        HirKind::Empty => return Some(()),
         HirKind::Literal(literal) => Node::Literal(literal.0.clone()),
         HirKind::Class(class) => Node::Class(table(class)),
         HirKind::Look(Look::Start) => Node::Start,
         HirKind::Look(Look::End) => Node::End,
         HirKind::Look(_) => return None,
-        HirKind::Capture(capture) => Node::Capture {
-            index: usize::try_from(capture.index).ok()?,
-            sub: Box::new(compile(&capture.sub)?),
-        },
-        HirKind::Concat(items) => Node::Concat(items.iter().map(compile).collect::<Option<_>>()?),
+        HirKind::Capture(capture) => {
+            let index = usize::try_from(capture.index).ok()?;
+            steps.push(Node::Open(index));
+            compile(&capture.sub, steps)?;
+            Node::Close(index)
+        }
+        HirKind::Concat(items) => {
+            return items.iter().try_for_each(|item| compile(item, steps));
+        }
         HirKind::Alternation(branches) => {
             Node::Alternation(branches.iter().map(branch).collect::<Option<_>>()?)
         }
@@ -206,11 +224,12 @@ fn compile(hir: &Hir) -> Option<Node> {
             }
             let (min, max) = (rep.min, rep.max.unwrap_or(u32::MAX));
             if let HirKind::Class(class) = rep.sub.kind() {
-                return Some(Node::Run {
+                steps.push(Node::Run {
                     class: RunClass::new(class, min, max),
                     min,
                     max,
                 });
+                return Some(());
             }
             let mut starts = Box::new([false; 256]);
             // A turn that may match empty, or captures that a later turn would overwrite, are
@@ -220,29 +239,32 @@ fn compile(hir: &Hir) -> Option<Node> {
             }
             if let HirKind::Alternation(branches) = rep.sub.kind() {
                 if let HirKind::Class(first) = branches[0].kind() {
-                    return Some(Node::RunOr {
+                    steps.push(Node::RunOr {
                         class: RunClass::new(first, min, max),
                         others: branches[1..].iter().map(branch).collect::<Option<_>>()?,
                         min,
                         max,
                     });
+                    return Some(());
                 }
             }
             Node::Repeat {
-                sub: Box::new(compile(&rep.sub)?),
+                sub: program(&rep.sub)?,
                 starts,
                 min,
                 max,
             }
         }
-    })
+    };
+    steps.push(step);
+    Some(())
 }
 
 fn branch(hir: &Hir) -> Option<Branch> {
     let mut starts = Box::new([false; 256]);
     let nullable = starts_of(hir, &mut starts);
     Some(Branch {
-        node: compile(hir)?,
+        program: program(hir)?,
         starts,
         nullable,
     })
@@ -302,29 +324,34 @@ fn starts_of(hir: &Hir, starts: &mut [bool; 256]) -> bool {
     }
 }
 
-impl Node {
-    /// Walks the node from `at`; the position after it, or `None` to give up.
-    fn walk(&self, text: &[u8], at: usize, slots: &mut [usize]) -> Option<usize> {
-        match self {
-            Node::Literal(bytes) => text[at..].starts_with(bytes).then(|| at + bytes.len()),
-            Node::Class(table) => {
-                (text.get(at).map(|&b| table[usize::from(b)]) == Some(IN)).then_some(at + 1)
+/// Walks `program` from `at`; the position after it, or `None` to give up.
+fn walk(program: &[Node], text: &[u8], mut at: usize, slots: &mut [usize]) -> Option<usize> {
+    for step in program {
+        at = match step {
+            Node::Literal(bytes) if text[at..].starts_with(bytes) => at + bytes.len(),
+            Node::Literal(_) => return None,
+            Node::Class(table) if text.get(at).map(|&b| table[usize::from(b)]) == Some(IN) => {
+                at + 1
             }
-            Node::Start => (at == 0).then_some(at),
-            Node::End => (at == text.len()).then_some(at),
-            Node::Capture { index, sub } => {
-                let end = sub.walk(text, at, slots)?;
+            Node::Class(_) => return None,
+            Node::Start if at == 0 => at,
+            Node::End if at == text.len() => at,
+            Node::Start | Node::End => return None,
+            Node::Open(index) => {
                 slots[2 * index] = at;
-                slots[2 * index + 1] = end;
-                Some(end)
+                at
             }
-            Node::Concat(items) => items
-                .iter()
-                .try_fold(at, |at, item| item.walk(text, at, slots)),
-            Node::Alternation(branches) => choose(branches, text, at)?.walk(text, at, slots),
+            Node::Close(index) => {
+                slots[2 * index + 1] = at;
+                at
+            }
+            Node::Alternation(branches) => walk(choose(branches, text, at)?, text, at, slots)?,
             Node::Run { class, min, max } => {
-                let (at, turns) = run(class, text, at, *max)?;
-                (turns >= *min).then_some(at)
+                let (after, turns) = run(class, text, at, *max)?;
+                if turns < *min {
+                    return None;
+                }
+                after
             }
             Node::RunOr {
                 class,
@@ -332,7 +359,6 @@ impl Node {
                 min,
                 max,
             } => {
-                let mut at = at;
                 let mut turns = 0;
                 loop {
                     let (after, n) = run(class, text, at, *max - turns)?;
@@ -342,13 +368,16 @@ impl Node {
                     }
                     match choose(others, text, at) {
                         Some(other) => {
-                            at = other.walk(text, at, slots)?;
+                            at = walk(other, text, at, slots)?;
                             turns += 1;
                         }
                         None => break,
                     }
                 }
-                (turns >= *min).then_some(at)
+                if turns < *min {
+                    return None;
+                }
+                at
             }
             Node::Repeat {
                 sub,
@@ -356,29 +385,33 @@ impl Node {
                 min,
                 max,
             } => {
-                let mut at = at;
                 let mut turns = 0;
                 while turns < *max && text.get(at).is_some_and(|&b| starts[usize::from(b)]) {
-                    at = sub.walk(text, at, slots)?;
+                    at = walk(sub, text, at, slots)?;
                     turns += 1;
                 }
-                (turns >= *min).then_some(at)
+                if turns < *min {
+                    return None;
+                }
+                at
             }
-        }
+        };
     }
+    Some(at)
 }
 
 /// The first branch that may match at `at` (the regex's preference), or `None` when none can.
-fn choose<'a>(branches: &'a [Branch], text: &[u8], at: usize) -> Option<&'a Node> {
+fn choose<'a>(branches: &'a [Branch], text: &[u8], at: usize) -> Option<&'a [Node]> {
     let next = text.get(at).map(|&b| usize::from(b));
     branches
         .iter()
         .find(|b| b.nullable || next.is_some_and(|n| b.starts[n]))
-        .map(|b| &b.node)
+        .map(|b| &b.program[..])
 }
 
 /// Takes up to `max` bytes of `class` from `at`: the position after them and how many, or
 /// `None` when a byte it stopped at is one the table cannot judge.
+#[inline]
 fn run(class: &RunClass, text: &[u8], at: usize, max: u32) -> Option<(usize, u32)> {
     let table = &class.table;
     let limit = if max == u32::MAX {
