@@ -262,11 +262,13 @@ fn write_kubernetes(out: &mut Vec<u8>, k: &Kubernetes) {
 }
 
 /// Appends an unsigned integer in decimal.
+#[inline]
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends a signed integer in decimal.
+#[inline]
 pub fn write_i64(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -296,6 +298,7 @@ pub struct Escapes {
 
 impl Escapes {
     /// Whether `message[start..end]` holds none of the escaped bytes.
+    #[inline]
     pub fn plain(&self, start: usize, end: usize) -> bool {
         let first_at_or_after = self.positions.partition_point(|&p| p < start);
         self.positions
@@ -311,33 +314,49 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// [`write_str`], noting the position of every escaped byte.
 fn write_str_noting(out: &mut Vec<u8>, s: &str, mut escaped: Option<&mut Vec<usize>>) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0; // first byte not yet copied
     let mut i = 0;
-    while i + 8 <= bytes.len() {
-        // Sixteen bytes a turn while nothing needs escaping.
-        if let Some(chunk) = bytes.get(i..i + 16) {
-            if escape_bits(word(&chunk[..8])) | escape_bits(word(&chunk[8..])) == 0 {
-                i += 16;
-                continue;
+    while i < bytes.len() {
+        let (w, n) = match bytes.get(i..i + 8) {
+            Some(eight) => {
+                // Sixteen bytes a turn while nothing needs escaping.
+                if let Some(next) = bytes.get(i + 8..i + 16) {
+                    if escape_bits(word(eight)) | escape_bits(word(next)) == 0 {
+                        i += 16;
+                        continue;
+                    }
+                }
+                (word(eight), 8)
             }
-        }
-        // Then the flagged bytes of eight, lowest first. A byte just above a flagged one can be
-        // flagged too (the subtraction borrows), so each is checked; none is ever missed.
-        let mut bits = escape_bits(word(&bytes[i..i + 8]));
+            // The last one to seven bytes, in a word padded with bytes that need no escaping:
+            // one test, not one call a byte.
+            None => {
+                let mut padded = [b'a'; 8];
+                padded[..bytes.len() - i].copy_from_slice(&bytes[i..]);
+                (word(&padded), bytes.len() - i)
+            }
+        };
+        // Then the flagged bytes, lowest first. A byte just above a flagged one can be flagged
+        // too (the subtraction borrows), so each is checked; none is ever missed. Flags past the
+        // end of the text (on padding) are dropped.
+        let mut bits = escape_bits(w) & lanes(n);
         while bits != 0 {
             let j = i + (bits.trailing_zeros() / 8) as usize;
             bits &= bits - 1;
             escape_at(out, bytes, j, &mut start, escaped.as_deref_mut());
         }
-        i += 8;
-    }
-    for j in i..bytes.len() {
-        escape_at(out, bytes, j, &mut start, escaped.as_deref_mut());
+        i += n;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// The bits of a word's first `n` bytes (`n` ≤ 8).
+fn lanes(n: usize) -> u64 {
+    u64::MAX >> (64 - 8 * n)
 }
 
 /// Escapes `bytes[j]` if JSON needs it: copies what lies before it since `start` and its escape.
@@ -350,15 +369,15 @@ fn escape_at(
     escaped: Option<&mut Vec<usize>>,
 ) {
     let b = bytes[j];
-    let escape: &[u8] = match b {
-        b'"' => b"\\\"",
-        b'\\' => b"\\\\",
-        b'\n' => b"\\n",
-        b'\r' => b"\\r",
-        b'\t' => b"\\t",
-        0x08 => b"\\b",
-        0x0c => b"\\f",
-        0x00..=0x1f => &[],
+    let short = match b {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        0x00..=0x1f => 0,
         _ => return,
     };
     out.extend_from_slice(&bytes[*start..j]);
@@ -366,13 +385,18 @@ fn escape_at(
     if let Some(positions) = escaped {
         positions.push(j);
     }
-    if escape.is_empty() {
+    if short == 0 {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        out.extend_from_slice(b"\\u00");
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+        out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]);
     } else {
-        out.extend_from_slice(escape);
+        out.extend_from_slice(&[b'\\', short]);
     }
 }
 
@@ -382,8 +406,10 @@ fn needs_escape_byte(b: u8) -> bool {
 
 /// Appends `s` as a JSON string as it is: only for text known to need no escaping (a piece of
 /// the message that [`Escapes::plain`] vouches for).
+#[inline]
 pub fn write_plain_str(out: &mut Vec<u8>, s: &str) {
     debug_assert!(!s.bytes().any(needs_escape_byte), "{s:?} needs escaping");
+    out.reserve(s.len() + 2);
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
