@@ -81,6 +81,7 @@ fn set_time(record: &mut LogRecord, value: &Value) -> bool {
         &mut record.timestamp,
         &mut record.event.created,
         &format_timestamp(time),
+        &mut String::new(),
     );
     true
 }

@@ -382,6 +382,7 @@ pub(crate) struct Locations {
 
 impl Locations {
     /// The span of group `group`, if it took part in the match.
+    #[inline]
     pub fn get(&self, group: usize) -> Option<(usize, usize)> {
         if self.from_greedy {
             greedy::group(&self.greedy, group)
@@ -431,7 +432,8 @@ impl Rule {
         } = record;
         let mut read_time = ReadTime::new(timestamp);
         let mut new_message = None;
-        let mut time = None;
+        // The record's new `@timestamp` is in `slots.time`.
+        let mut time = false;
         let mut error: Option<String> = None;
         for (i, spec) in self.captures.iter().enumerate() {
             let Some((s, e)) = locs.get(spec.group) else {
@@ -455,7 +457,8 @@ impl Rule {
                         };
                     }
                     if let Some(t) = kv.time {
-                        time = Some(format_timestamp(t));
+                        slots.time = format_timestamp(t);
+                        time = true;
                     }
                     if let Some(e) = kv.unparsed {
                         error.get_or_insert(e);
@@ -497,7 +500,11 @@ impl Rule {
                 (Target::Timestamp, Kind::Timestamp(formats)) => {
                     let capture = std::ptr::from_ref(spec) as usize;
                     match slots.times.parse(capture, raw, formats, &mut read_time) {
-                        Some(t) => time = Some(t.to_owned()),
+                        Some(t) => {
+                            slots.time.clear();
+                            slots.time.push_str(t);
+                            time = true;
+                        }
                         None => {
                             error.get_or_insert_with(|| {
                                 format!(
@@ -518,8 +525,8 @@ impl Rule {
                 },
             }
         }
-        if let Some(t) = &time {
-            replace_timestamp(timestamp, &mut event.created, t);
+        if time {
+            replace_timestamp(timestamp, &mut event.created, &slots.time, &mut slots.spare);
         }
         if new_message.is_some() && !self.map_only {
             slots.keep_original(message);

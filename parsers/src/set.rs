@@ -293,6 +293,15 @@ impl Scratch {
         Scratch::default()
     }
 
+    /// Unsets `record.event.created` before the record is reused for the next line, keeping
+    /// its buffer for that line's `@timestamp` (a rule that reads the time moves the read time
+    /// to `event.created`): no allocation a line.
+    pub fn unset_created(&mut self, record: &mut LogRecord) {
+        if let Some(created) = record.event.created.take() {
+            self.slots.spare = created;
+        }
+    }
+
     /// Applies rule `rule` of `inner`, keeping its slots when it matched.
     fn apply(&mut self, inner: &Inner, rule: usize, record: &mut LogRecord) -> bool {
         if self.generation != inner.generation {

@@ -183,10 +183,22 @@ pub(crate) fn epoch_to_time(value: f64, millis: bool) -> Option<DateTime<Utc>> {
 }
 
 /// Makes `time` the record's `@timestamp`, keeping the read time as `event.created` when that
-/// is not set yet.
-pub(crate) fn replace_timestamp(timestamp: &mut String, created: &mut Option<String>, time: &str) {
+/// is not set yet. `spare`: a buffer to take for `@timestamp` then (the last record's
+/// `event.created`, handed back by [`crate::Scratch::unset_created`]), so that a record costs no
+/// allocation.
+pub(crate) fn replace_timestamp(
+    timestamp: &mut String,
+    created: &mut Option<String>,
+    time: &str,
+    spare: &mut String,
+) {
     match created {
-        None => *created = Some(std::mem::replace(timestamp, time.to_owned())),
+        None => {
+            let mut new = std::mem::take(spare);
+            new.clear();
+            new.push_str(time);
+            *created = Some(std::mem::replace(timestamp, new));
+        }
         Some(_) => {
             timestamp.clear();
             timestamp.push_str(time);

@@ -73,6 +73,10 @@ pub(crate) struct Slots {
     moved: bool,
     /// The last time each capture parsed, kept across records.
     pub times: TimeCache,
+    /// The record's `@timestamp` as its time capture gave it (valid while the rule applies).
+    pub(crate) time: String,
+    /// A buffer for the next `@timestamp` that moves the read time to `event.created`.
+    pub(crate) spare: String,
 }
 
 impl Slots {
@@ -85,6 +89,7 @@ impl Slots {
     }
 
     /// Puts capture `i`'s value in its slot.
+    #[inline]
     pub(crate) fn set(&mut self, i: usize, value: Typed) {
         self.values[i] = Some(value);
         self.present |= bit(i);

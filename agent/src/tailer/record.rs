@@ -193,7 +193,7 @@ impl Batcher {
         // Empty: the id derived from fingerprint and offset, which a version 3 batch leaves out
         // (the aggregator derives it; written out for older versions).
         record.event.id.clear();
-        record.event.created = None;
+        self.scratch.unset_created(record);
         record.log.file.fingerprint.clone_from(&source.fingerprint);
         record.log.file.path.clone_from(&source.path);
         record.log.offset = offset;
