@@ -196,7 +196,7 @@ fn multiline_rules<M: Measurement>(c: &mut Criterion<M>) {
                         &mut out,
                         &record,
                         &mut Default::default(),
-                        |out, escapes| selection.write_fields(&scratch, &record, escapes, out),
+                        |out, escapes| selection.write_fields(&mut scratch, &record, escapes, out),
                     );
                     events += 1;
                 };

@@ -69,7 +69,7 @@ fn check_selection(selection: &Selection, message: &str, name: &str) {
         &mut json,
         &typed,
         &mut Escapes::default(),
-        |out, escapes| selection.write_fields(&scratch, &typed, escapes, out),
+        |out, escapes| selection.write_fields(&mut scratch, &typed, escapes, out),
     );
     let written: Value = serde_json::from_slice(&json).unwrap_or_else(|e| {
         panic!(

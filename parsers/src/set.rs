@@ -442,16 +442,19 @@ impl Selection {
     /// [`ferry_wire::write_log_record`] passes them), so pieces without any are copied as they are.
     pub fn write_fields(
         &self,
-        scratch: &Scratch,
+        scratch: &mut Scratch,
         record: &LogRecord,
         escapes: &ferry_wire::Escapes,
         out: &mut Vec<u8>,
     ) {
         if let Some(rule) = scratch.typed {
             if scratch.generation == self.inner.generation {
-                self.inner.rules[rule]
-                    .tree
-                    .write(&scratch.slots, &record.message, escapes, out);
+                self.inner.rules[rule].tree.write(
+                    &mut scratch.slots,
+                    &record.message,
+                    escapes,
+                    out,
+                );
             }
         }
     }

@@ -3,9 +3,14 @@
 //! On the agent's hot path a matched rule does not build `serde_json` objects. Each capture that
 //! targets a field leaves a [`Typed`] value in its slot (a string is just the span of the line
 //! it came from), and [`FieldTree::write`] writes the slots as nested JSON members, following a
-//! tree of pre-escaped keys built once when the rule compiles. [`Slots::materialize`] turns the
-//! same slots into `record.fields` for everything else (`ferry parse`, tests): both ways go
-//! through the same conversion, so they cannot disagree.
+//! tree of pre-escaped keys built once when the rule compiles. Which members a record gets
+//! depends only on which slots hold a value, so the tree is walked once for each such set and
+//! the result kept as a [`Layout`] (the keys and punctuation as one text, and where each value
+//! goes): a record of a known set costs a copy per piece and a write per value.
+//! [`Slots::materialize`] turns the same slots into `record.fields` for everything else (`ferry
+//! parse`, tests): both ways go through the same conversion, so they cannot disagree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Number, Value};
 
@@ -77,6 +82,31 @@ pub(crate) struct Slots {
     pub(crate) time: String,
     /// A buffer for the next `@timestamp` that moves the read time to `event.created`.
     pub(crate) spare: String,
+    /// The layouts of the last sets of present slots written.
+    layouts: Layouts,
+}
+
+/// How many layouts a [`Slots`] keeps (a rule whose optional captures vary line by line needs
+/// one per combination seen; a few cover a log's usual lines).
+const LAYOUTS: usize = 8;
+
+/// The members a [`FieldTree`] writes for one set of present slots: `text` holds every key,
+/// brace and comma; after `text[..end]` of each step comes the value of its slot.
+#[derive(Debug, Default)]
+struct Layout {
+    tree: u64,
+    present: u64,
+    text: Vec<u8>,
+    steps: Vec<(usize, usize)>,
+}
+
+#[derive(Debug, Default)]
+struct Layouts {
+    kept: Vec<Layout>,
+    /// The next kept layout to replace once all are in use.
+    next: usize,
+    /// For a tree whose presence bits are not exact: built for each record, never kept.
+    unkept: Layout,
 }
 
 impl Slots {
@@ -138,7 +168,15 @@ impl Slots {
 #[derive(Debug, Default)]
 pub(crate) struct FieldTree {
     top: Vec<Node>,
+    /// Unique among the trees of this process: names the tree in a kept [`Layout`].
+    id: u64,
+    /// Whether every slot has a bit of its own (at most 64 captures), so that the presence
+    /// bits say exactly which slots hold a value and can key a kept layout.
+    exact: bool,
 }
+
+/// Numbers the trees; 0 is no tree's, so a default layout matches none.
+static TREES: AtomicU64 = AtomicU64::new(1);
 
 /// The presence bit of slot `i` (slots from 63 on share one: a set bit may then be a false
 /// alarm, which only costs writing an object and taking it back).
@@ -162,7 +200,11 @@ impl FieldTree {
     /// Builds the tree of the captures that target fields (a level capture's slot holds the
     /// normalised level).
     pub(crate) fn new(captures: &[CaptureSpec]) -> FieldTree {
-        let mut tree = FieldTree::default();
+        let mut tree = FieldTree {
+            top: Vec::new(),
+            id: TREES.fetch_add(1, Ordering::Relaxed),
+            exact: captures.len() <= 64,
+        };
         for (i, spec) in captures.iter().enumerate() {
             let segments: Vec<&str> = match &spec.target {
                 Target::Field(FieldPath::Nested(s)) => s.iter().map(String::as_str).collect(),
@@ -200,58 +242,110 @@ impl FieldTree {
 
     /// Appends `,"key":value` for every top-level field with a value (objects only when they
     /// hold something). `escapes`: where the record's message needed JSON escaping.
-    pub(crate) fn write(&self, slots: &Slots, message: &str, escapes: &Escapes, out: &mut Vec<u8>) {
-        let text = slots.text(message);
+    pub(crate) fn write(
+        &self,
+        slots: &mut Slots,
+        message: &str,
+        escapes: &Escapes,
+        out: &mut Vec<u8>,
+    ) {
+        let Slots {
+            values,
+            present,
+            original,
+            moved,
+            layouts,
+            ..
+        } = slots;
+        let text = if *moved { &original[..] } else { message };
         // Spans of a replaced message refer to the original line, which was not written.
-        let plain = (!slots.moved).then_some(escapes);
-        for node in self.top.iter().filter(|n| n.under & slots.present != 0) {
-            out.push(b',');
-            if !node.write(slots, text, plain, out) {
-                out.pop();
+        let plain = (!*moved).then_some(escapes);
+        let layout = layouts.get(self, values, *present);
+        let mut from = 0;
+        for &(end, slot) in &layout.steps {
+            out.extend_from_slice(&layout.text[from..end]);
+            values[slot]
+                .as_ref()
+                .expect("a layout places only slots that hold a value")
+                .write(text, plain, out);
+            from = end;
+        }
+        out.extend_from_slice(&layout.text[from..]);
+    }
+
+    /// Lays out the members of the slots that hold a value.
+    fn lay_out(&self, values: &[Option<Typed>], present: u64, layout: &mut Layout) {
+        layout.tree = self.id;
+        layout.present = present;
+        layout.text.clear();
+        layout.steps.clear();
+        for node in self.top.iter().filter(|n| n.under & present != 0) {
+            layout.text.push(b',');
+            if !node.lay_out(values, present, layout) {
+                layout.text.pop();
             }
         }
     }
 }
 
+impl Layouts {
+    /// The layout of `tree` for the slots of `values` that hold a value (`present`, their
+    /// bits): a kept one, or one laid out now.
+    fn get(&mut self, tree: &FieldTree, values: &[Option<Typed>], present: u64) -> &Layout {
+        if !tree.exact {
+            tree.lay_out(values, present, &mut self.unkept);
+            return &self.unkept;
+        }
+        if let Some(at) = self
+            .kept
+            .iter()
+            .position(|l| l.tree == tree.id && l.present == present)
+        {
+            return &self.kept[at];
+        }
+        let at = if self.kept.len() < LAYOUTS {
+            self.kept.push(Layout::default());
+            self.kept.len() - 1
+        } else {
+            let at = self.next;
+            self.next = (self.next + 1) % LAYOUTS;
+            at
+        };
+        tree.lay_out(values, present, &mut self.kept[at]);
+        &self.kept[at]
+    }
+}
+
 impl Node {
-    /// Writes `"key":value`; returns false (having written nothing) when it has no value.
-    fn write(&self, slots: &Slots, text: &str, plain: Option<&Escapes>, out: &mut Vec<u8>) -> bool {
+    /// Lays out `"key":value`; returns false (having added nothing) when it has no value.
+    fn lay_out(&self, values: &[Option<Typed>], present: u64, layout: &mut Layout) -> bool {
         if self.children.is_empty() {
-            let value = match self.slots[..] {
-                [one] => slots.values[one].as_ref(),
-                _ => self
-                    .slots
-                    .iter()
-                    .rev()
-                    .find_map(|&i| slots.values[i].as_ref()),
+            // A later present capture wins, as in the map.
+            let Some(&slot) = self.slots.iter().rev().find(|&&i| values[i].is_some()) else {
+                return false;
             };
-            let Some(value) = value else { return false };
-            out.extend_from_slice(&self.key);
-            value.write(text, plain, out);
+            layout.text.extend_from_slice(&self.key);
+            layout.steps.push((layout.text.len(), slot));
             return true;
         }
-        let start = out.len();
-        out.extend_from_slice(&self.key);
-        out.push(b'{');
+        let start = layout.text.len();
+        layout.text.extend_from_slice(&self.key);
+        layout.text.push(b'{');
         let mut any = false;
-        for child in self
-            .children
-            .iter()
-            .filter(|n| n.under & slots.present != 0)
-        {
+        for child in self.children.iter().filter(|n| n.under & present != 0) {
             if any {
-                out.push(b',');
+                layout.text.push(b',');
             }
-            if child.write(slots, text, plain, out) {
+            if child.lay_out(values, present, layout) {
                 any = true;
             } else if any {
-                out.pop();
+                layout.text.pop();
             }
         }
         if any {
-            out.push(b'}');
+            layout.text.push(b'}');
         } else {
-            out.truncate(start);
+            layout.text.truncate(start);
         }
         any
     }

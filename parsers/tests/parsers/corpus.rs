@@ -217,31 +217,120 @@ fn typed_fields_make_the_same_document_as_the_field_map() {
     let mut compared = 0;
     for selection in &selections {
         for line in &lines {
-            let mut by_map = record(line);
-            let map_outcome = selection.apply(&mut by_map, &mut scratch);
-            let mut by_slots = record(line);
-            let typed_outcome = selection.apply_typed(&mut by_slots, &mut typed_scratch);
-            assert_eq!(map_outcome, typed_outcome);
-            let mut written = Vec::new();
-            ferry_wire::write_log_record(
-                &mut written,
-                &by_slots,
-                &mut Default::default(),
-                |out, escapes| selection.write_fields(&typed_scratch, &by_slots, escapes, out),
-            );
-            let written: Value = serde_json::from_slice(&written).unwrap_or_else(|e| {
-                panic!("{}: invalid JSON for {line:?}: {e}", selection.rules())
-            });
-            assert_eq!(
-                written,
-                serde_json::to_value(&by_map).unwrap(),
-                "{}: {line:?}",
-                selection.rules()
-            );
+            same_document_both_ways(selection, line, &mut scratch, &mut typed_scratch);
             compared += 1;
         }
     }
     assert!(compared > 1000, "only {compared} documents compared");
+}
+
+/// Checks that `line` makes the same document through `selection`'s field map and through
+/// its typed slots written straight into the record's JSON.
+fn same_document_both_ways(
+    selection: &ferry_parsers::Selection,
+    line: &str,
+    scratch: &mut Scratch,
+    typed_scratch: &mut Scratch,
+) {
+    let mut by_map = record(line);
+    let map_outcome = selection.apply(&mut by_map, scratch);
+    let mut by_slots = record(line);
+    let typed_outcome = selection.apply_typed(&mut by_slots, typed_scratch);
+    assert_eq!(map_outcome, typed_outcome);
+    let mut written = Vec::new();
+    ferry_wire::write_log_record(
+        &mut written,
+        &by_slots,
+        &mut Default::default(),
+        |out, escapes| selection.write_fields(typed_scratch, &by_slots, escapes, out),
+    );
+    let written: Value = serde_json::from_slice(&written)
+        .unwrap_or_else(|e| panic!("{}: invalid JSON for {line:?}: {e}", selection.rules()));
+    assert_eq!(
+        written,
+        serde_json::to_value(&by_map).unwrap(),
+        "{}: {line:?}",
+        selection.rules()
+    );
+}
+
+/// The members written for a record depend on which captures hold a value, and a scratch keeps
+/// the layouts of the last few such sets: lines that switch between many sets (more than are
+/// kept), between two rules whose captures are the same but whose fields differ, and under a
+/// rule with more captures than presence bits, each get their own fields, as the map gives them.
+#[test]
+fn written_fields_follow_which_captures_hold_a_value_line_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let optional = "^(?:a=(?P<a>\\w+) )?(?:b=(?P<b>\\w+) )?(?:c=(?P<c>\\d+) )?(?:d=(?P<d>\\w+) )?(?:e=(?P<e>\\w+) )?end$";
+    let many: String = (0..70).map(|i| format!("(?:(?P<c{i}>a{i}) )?")).collect();
+    let many_captures: String = (0..70)
+        .map(|i| format!("c{i} = \"m.f{}.v{i}\"\n", i % 5))
+        .collect();
+    std::fs::write(
+        dir.path().join("layouts.toml"),
+        format!(
+            r#"
+[[rule]]
+name = "five"
+pattern = '{optional}'
+[rule.captures]
+a = "x.a"
+b = "x.b"
+c = {{ field = "y.c", type = "int" }}
+d = "x.z.d"
+e = "e"
+
+[[rule]]
+name = "five_elsewhere"
+pattern = '{optional}'
+[rule.captures]
+a = "p.a"
+b = "p.q.b"
+c = "c"
+d = "p.a2"
+e = "p.q.e"
+
+[[rule]]
+name = "seventy"
+pattern = '^{many}$'
+[rule.captures]
+{many_captures}"#
+        ),
+    )
+    .unwrap();
+    let set = RuleSet::load(&[dir.path().to_owned()], false).unwrap();
+    let five = [
+        set.select(Some("five"), None),
+        set.select(Some("five_elsewhere"), None),
+    ];
+    let seventy = set.select(Some("seventy"), None);
+    let (mut scratch, mut typed_scratch) = (Scratch::new(), Scratch::new());
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut sets_seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let present = rng.u8(0..32);
+        sets_seen.insert(present);
+        let line: String = ["a=one ", "b=two ", "c=3 ", "d=four ", "e=five "]
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| present & (1 << i) != 0)
+            .map(|(_, part)| *part)
+            .chain(["end"])
+            .collect();
+        let selection = &five[rng.usize(..2)];
+        same_document_both_ways(selection, &line, &mut scratch, &mut typed_scratch);
+        // The same first sixty, so that sets differing only past the 63rd capture meet.
+        let line: String = (0..70)
+            .filter(|&i| if i < 60 { i % 3 == 0 } else { rng.bool() })
+            .map(|i| format!("a{i} "))
+            .collect();
+        same_document_both_ways(&seventy, &line, &mut scratch, &mut typed_scratch);
+    }
+    assert_eq!(
+        sets_seen.len(),
+        32,
+        "every set of the five captures was written"
+    );
 }
 
 /// The limit nginx.toml states: a request line that begins with a capital letter but is not
