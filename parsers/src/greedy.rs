@@ -328,15 +328,12 @@ fn starts_of(hir: &Hir, starts: &mut [bool; 256]) -> bool {
 fn walk(program: &[Node], text: &[u8], mut at: usize, slots: &mut [usize]) -> Option<usize> {
     for step in program {
         at = match step {
-            Node::Literal(bytes) if starts_with(&text[at..], bytes) => at + bytes.len(),
-            Node::Literal(_) => return None,
-            Node::Class(table) if text.get(at).map(|&b| table[usize::from(b)]) == Some(IN) => {
-                at + 1
+            Node::Literal(bytes) => starts_with(&text[at..], bytes).then_some(at + bytes.len())?,
+            Node::Class(table) => {
+                (text.get(at).map(|&b| table[usize::from(b)]) == Some(IN)).then_some(at + 1)?
             }
-            Node::Class(_) => return None,
-            Node::Start if at == 0 => at,
-            Node::End if at == text.len() => at,
-            Node::Start | Node::End => return None,
+            Node::Start => (at == 0).then_some(at)?,
+            Node::End => (at == text.len()).then_some(at)?,
             Node::Open(index) => {
                 slots[2 * index] = at;
                 at
@@ -348,10 +345,7 @@ fn walk(program: &[Node], text: &[u8], mut at: usize, slots: &mut [usize]) -> Op
             Node::Alternation(branches) => walk(choose(branches, text, at)?, text, at, slots)?,
             Node::Run { class, min, max } => {
                 let (after, turns) = run(class, text, at, *max)?;
-                if turns < *min {
-                    return None;
-                }
-                after
+                (turns >= *min).then_some(after)?
             }
             Node::RunOr {
                 class,
@@ -374,10 +368,7 @@ fn walk(program: &[Node], text: &[u8], mut at: usize, slots: &mut [usize]) -> Op
                         None => break,
                     }
                 }
-                if turns < *min {
-                    return None;
-                }
-                at
+                (turns >= *min).then_some(at)?
             }
             Node::Repeat {
                 sub,
@@ -390,10 +381,7 @@ fn walk(program: &[Node], text: &[u8], mut at: usize, slots: &mut [usize]) -> Op
                     at = walk(sub, text, at, slots)?;
                     turns += 1;
                 }
-                if turns < *min {
-                    return None;
-                }
-                at
+                (turns >= *min).then_some(at)?
             }
         };
     }
