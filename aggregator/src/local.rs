@@ -33,7 +33,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Days, NaiveDate, SecondsFormat, Utc};
-use ferry_wire::{decode_batch, Compression};
+use ferry_wire::{decode_batch, Compression, Ingested};
 use tracing::{debug, info, warn};
 
 use crate::queue::Position;
@@ -207,7 +207,7 @@ impl LocalStore {
         self.dirty = true;
         let day = now.date_naive();
         let name = day_file_name(day);
-        let ingested = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let ingested = Ingested::new(&now.to_rfc3339_opts(SecondsFormat::Millis, true));
         let mut pending = Pending::default();
         let mut applied = Applied::default();
         self.buf.clear();
@@ -609,7 +609,11 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let dec = decode_batch(&second, Compression::None, usize::MAX).unwrap();
         for log in &dec.logs {
-            dec.write_record(log, Some("2026-11-28T09:00:01.000Z"), &mut out);
+            dec.write_record(
+                log,
+                Some(&Ingested::new("2026-11-28T09:00:01.000Z")),
+                &mut out,
+            );
             out.push(b'\n');
         }
         out.extend_from_slice(b"{\"event\":{\"id\":\"half");

@@ -1044,7 +1044,9 @@ impl QueueReader {
             let offset = self.position.offset;
             let (open, limit) = self.segment(durable)?;
             let format = open.format;
-            let mut data = Vec::new();
+            // The buffer of the last batch read on this thread, when there is one: for a sink
+            // that decodes its entries, no zeroed allocation per entry.
+            let mut data = ferry_wire::batch_buffer();
             let scan = frame::scan_entry(&open.file, format, seg, offset, limit, true, &mut data)
                 .map_err(io_err(&segment_path(&self.queue.inner.dir, seg)))?;
             match scan {

@@ -92,7 +92,11 @@ fn check_accessors(batch: &DecodedBatch, validated: bool) {
         let record = batch.record(log);
         assert_eq!(record.len(), batch.record_len(log), "record_len");
         let mut with_ingested = Vec::new();
-        let spliced = batch.write_record(log, Some("2026-11-29T12:00:00.000Z"), &mut with_ingested);
+        let spliced = batch.write_record(
+            log,
+            Some(&crate::Ingested::new("2026-11-29T12:00:00.000Z")),
+            &mut with_ingested,
+        );
         if let Some(len) = spliced {
             // Without the member spliced in, the record is the record as sent.
             let prefix = b"{\"event\":{".len();

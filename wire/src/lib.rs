@@ -17,9 +17,9 @@ mod json;
 mod record;
 
 pub use batch::{
-    decode_batch, decompress, parse_batch, refused_encoding, refused_for_version, splice_ingested,
-    BatchBuilder, BatchError, BatchHeader, Compression, DecodedBatch, DecodedLog, EncodedBatch,
-    RecordKeys, WIRE_VERSION,
+    batch_buffer, decode_batch, decompress, parse_batch, refused_encoding, refused_for_version,
+    splice_ingested, BatchBuilder, BatchError, BatchHeader, Compression, DecodedBatch, DecodedLog,
+    EncodedBatch, Ingested, RecordKeys, WIRE_VERSION,
 };
 pub use exposition::{escape_label_value, render_container_metrics, DurationHistogram};
 pub use id::{event_id, event_id_bytes, source_id};

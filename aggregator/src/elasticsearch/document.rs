@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use ferry_wire::{parse_batch, BatchError, DecodedBatch, DecodedLog};
+use ferry_wire::{parse_batch, BatchError, DecodedBatch, DecodedLog, Ingested};
 use serde_json::value::RawValue;
 
 use super::config::{sanitise_namespace, ElasticsearchConfig};
@@ -113,10 +113,10 @@ impl Router {
         ingested: DateTime<Utc>,
     ) -> Result<Vec<Document>, BatchError> {
         let batch = parse_batch(entry)?;
-        let stamp = ingested.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let stamp = Ingested::new(&ingested.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         // Sized exactly (the documents share this buffer for as long as any is in flight):
-        // each record, and `"ingested":"<stamp>",` (a stamp needs no escaping).
-        let member = br#""ingested":"","#.len() + stamp.len();
+        // each record, and `"ingested":"<stamp>",`.
+        let member = stamp.member_len();
         let size = batch
             .logs
             .iter()

@@ -203,7 +203,11 @@ fn a_state_file_of_version_1_is_read_and_converted() {
     let decoded = decode_batch(&body, Compression::None, usize::MAX).unwrap();
     let mut lines = Vec::new();
     for log in &decoded.logs {
-        decoded.write_record(log, Some("2026-11-28T09:00:00.000Z"), &mut lines);
+        decoded.write_record(
+            log,
+            Some(&ferry_wire::Ingested::new("2026-11-28T09:00:00.000Z")),
+            &mut lines,
+        );
         lines.push(b'\n');
     }
     fs::write(tmp.path().join(name), &lines).unwrap();

@@ -131,7 +131,7 @@ pub(super) fn scan_entry(
         )));
     }
     if verify {
-        buf.clear();
+        // Overwritten whole by the read: only what the buffer grows by is zeroed.
         buf.resize(len as usize, 0);
         file.read_exact_at(buf, offset + header_bytes)?;
         let actual = crc32fast::hash(buf);
