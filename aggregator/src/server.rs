@@ -370,7 +370,7 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
     let queue = ingest.queue.clone();
     let metrics = Arc::clone(&ingest.metrics);
     let queued = tokio::task::spawn_blocking(move || {
-        let mut batch = decode_body(&body, compression, max_decompressed)?;
+        let batch = decode_body(&body, compression, max_decompressed)?;
         queue.append(&batch.data).map_err(|e| match e {
             QueueError::Full { .. } => Reject::QueueFull,
             QueueError::NoRoom(reason) => {
@@ -379,11 +379,8 @@ async fn accept_batch(ingest: &Ingest, req: Request<Incoming>) -> Result<usize, 
             other => Reject::Io(format!("queueing the batch failed: {other}")),
         })?;
         metrics.log_lines.observe(&batch);
-        Ok((
-            batch.logs.len(),
-            std::mem::take(&mut batch.stats),
-            batch.data.len(),
-        ))
+        let (logs, bytes) = (batch.logs.len(), batch.data.len());
+        Ok((logs, batch.into_stats(), bytes))
     })
     .await
     .map_err(|e| Reject::Io(format!("queueing the batch failed: {e}")))?;

@@ -630,6 +630,12 @@ impl Drop for DecodedBatch {
 }
 
 impl DecodedBatch {
+    /// The batch's stats samples, taken out of it (its data goes back to the thread's spare
+    /// when the rest is dropped).
+    pub fn into_stats(mut self) -> Vec<StatsSample> {
+        std::mem::take(&mut self.stats)
+    }
+
     /// `log.file.fingerprint` of `log`.
     pub fn fingerprint(&self, log: &DecodedLog) -> &str {
         &self.sources[log.source as usize].fingerprint

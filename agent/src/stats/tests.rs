@@ -198,10 +198,10 @@ async fn working_set_and_cpu_rise_within_two_intervals_and_agree_with_docker() {
     let next_sample = |rx: &mut mpsc::Receiver<Sealed>| {
         let sealed = rx.try_recv().ok()?;
         let batch = sealed.batch.expect("a stats batch");
-        let mut decoded = decode_batch(&batch.body, batch.compression, 1 << 20).unwrap();
+        let decoded = decode_batch(&batch.body, batch.compression, 1 << 20).unwrap();
         assert_eq!(decoded.stats.len(), 1);
         assert!(sealed.updates.is_empty());
-        std::mem::take(&mut decoded.stats).into_iter().next()
+        decoded.into_stats().into_iter().next()
     };
     let recv = |rx: &mut mpsc::Receiver<Sealed>| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -385,10 +385,8 @@ async fn stats_sink() -> (SocketAddr, Arc<Mutex<Vec<StatsSample>>>) {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let compression =
                             Compression::from_content_encoding(enc.as_deref()).unwrap();
-                        let mut batch = decode_batch(&body, compression, 64 << 20).unwrap();
-                        kept.lock()
-                            .unwrap()
-                            .extend(std::mem::take(&mut batch.stats));
+                        let batch = decode_batch(&body, compression, 64 << 20).unwrap();
+                        kept.lock().unwrap().extend(batch.into_stats());
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                             "{}",
                         ))))
