@@ -645,18 +645,16 @@ impl DecodedBatch {
     /// out).
     pub fn id<'a>(&'a self, log: &'a DecodedLog) -> Cow<'a, str> {
         match &log.id {
-            Text::Derived(_) => Cow::Borrowed(
-                std::str::from_utf8(self.derived_id(log)).expect("an id is hex digits"),
+            Text::Derived(id) => Cow::Borrowed(
+                std::str::from_utf8(self.derived_id(log, id)).expect("an id is hex digits"),
             ),
             text => self.text(text),
         }
     }
 
-    /// The 32 hex digits of the id `log` left out, derived on the first call.
-    fn derived_id<'a>(&'a self, log: &'a DecodedLog) -> &'a [u8; 32] {
-        let Text::Derived(id) = &log.id else {
-            unreachable!("called for a derived id only")
-        };
+    /// The 32 hex digits of the id `log` left out (`id`, its [`Text::Derived`]), derived on
+    /// the first call.
+    fn derived_id<'a>(&self, log: &DecodedLog, id: &'a OnceLock<[u8; 32]>) -> &'a [u8; 32] {
         id.get_or_init(|| {
             crate::event_id_bytes(&self.sources[log.source as usize].fingerprint, log.offset)
         })
@@ -776,9 +774,9 @@ impl DecodedBatch {
             ingested.member.len()
         });
         let rest = &record[EVENT_PREFIX.len()..at];
-        if let Text::Derived(_) = &log.id {
+        if let Text::Derived(id) = &log.id {
             out.extend_from_slice(b"\"id\":\"");
-            out.extend_from_slice(self.derived_id(log));
+            out.extend_from_slice(self.derived_id(log, id));
             out.push(b'"');
             if rest.first() != Some(&b'}') {
                 out.push(b',');
