@@ -539,10 +539,14 @@ stats_enabled = false
     });
     assert_eq!(agent.terminate().code(), Some(0));
     let accepted = recorder.state.accepted.lock().unwrap().clone();
-    let mut ids: HashMap<&str, &str> = HashMap::new();
+    let mut ids: HashMap<&str, &Accepted> = HashMap::new();
     for a in accepted.iter().filter(|a| a.message.starts_with("seq ")) {
-        if let Some(id) = ids.insert(&a.message, &a.id) {
-            assert_eq!(id, a.id, "{:?} arrived under two ids", a.message);
+        if let Some(first) = ids.insert(&a.message, a) {
+            assert_eq!(
+                first.id, a.id,
+                "{:?} arrived under two ids: first {first:?}, then {a:?}",
+                a.message
+            );
         }
     }
     let written: Vec<String> = (0..lines).map(|i| format!("seq {i} {pad}")).collect();
